@@ -1,0 +1,40 @@
+"""Typed errors of the library; the CLI maps each family to one exit code."""
+
+from __future__ import annotations
+
+
+class TriageError(Exception):
+    """Base of every error a user can cause or fix; its message is one clear sentence."""
+
+
+class UsageError(TriageError):
+    """Bad input: a missing or empty folder, an output that exists, a bad option value."""
+
+
+class DataError(UsageError):
+    """A training or evaluation folder that cannot be used (missing, empty, one class)."""
+
+
+class ModelError(TriageError):
+    """No model, an unreadable model, or a model card that does not fit the model."""
+
+
+class WeightsUnavailable(ModelError):
+    """ImageNet weights are neither cached nor downloadable, or the given file is bad."""
+
+
+class CamLayerNotFound(ModelError):
+    """The Grad-CAM layer is missing from the model or is not a spatial feature map."""
+
+
+class LockHeld(TriageError):
+    """Another run holds the lock on the same outputs."""
+
+
+class ImageLoadError(TriageError):
+    """One file could not be read as an image; `kind` is its CSV status."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
