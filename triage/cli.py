@@ -1,0 +1,380 @@
+"""The `triage` command: a thin click shell over the library.
+
+Each command parses options, calls one library function, prints a summary and
+maps the library's typed errors to exit codes. TensorFlow is imported only
+inside the commands that need it, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from triage import RESEARCH_NOTICE, __version__
+from triage.errors import LockHeld, ModelError, TriageError
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 5
+EXIT_INTERNAL = 70
+
+EXIT_CODES_HELP = f"""\b
+Exit codes:
+  {EXIT_OK}   success: every file was scored (or trained / evaluated)
+  {EXIT_SOME_FAILED}   the scan completed, but some files could not be read (see the CSV)
+  {EXIT_USAGE}   usage error: bad option, missing or unusable folder
+  {EXIT_MODEL}   model error: no model found, unreadable model, backbone weights unavailable
+  {EXIT_LOCKED}   another run holds the lock on the same outputs (see --wait)
+  {EXIT_INTERRUPTED}   interrupted by SIGINT/SIGTERM: outputs written for what was scored
+  {EXIT_INTERNAL}  internal error (a bug: please report it with the log)
+"""
+
+log = logging.getLogger("triage")
+
+
+def _exit_code(error: TriageError) -> int:
+    if isinstance(error, LockHeld):
+        return EXIT_LOCKED
+    if isinstance(error, ModelError):
+        return EXIT_MODEL
+    return EXIT_USAGE
+
+
+def _setup_logging(quiet: bool, log_file: Path | None) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.ERROR if quiet else logging.WARNING)
+    console.setFormatter(logging.Formatter("triage: %(message)s"))
+    log.addHandler(console)
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
+def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
+    """Run a command; turn library errors into one line on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = command(*args, **kwargs) or EXIT_OK
+        except TriageError as error:
+            log.error("%s", error)
+            click.echo(f"Error: {error}", err=True) if not _logs_to_console() else None
+            sys.exit(_exit_code(error))
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was changed.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception:
+            log.exception("internal error")
+            click.echo("Internal error: the log above says where; please report it.", err=True)
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(code)
+
+    return wrapper
+
+
+def _logs_to_console() -> bool:
+    return any(type(h) is logging.StreamHandler and h.level <= logging.ERROR for h in log.handlers)
+
+
+class Progress:
+    """A tqdm bar on a terminal; nothing otherwise (cron mail stays short)."""
+
+    def __init__(self, enabled: bool, unit: str = "image", desc: str = "") -> None:
+        self.enabled = enabled
+        self.unit = unit
+        self.desc = desc
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=self.unit, desc=self.desc, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _interactive(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--batch-size, --quiet, --log-file, shared by every command."""
+    for option in reversed([
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Images per forward pass [train: 32, scan/evaluate: 16]."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars; only errors and the summary."),
+        click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Append a timestamped log of the run to this file."),
+    ]):
+        command = option(command)
+    return command
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--model and --threshold, shared by scan and evaluate."""
+    for option in reversed([
+        click.option("--model", "-m", "model", metavar="DIR",
+                     help="Model folder from `triage train` [default: $TRIAGE_MODEL, else the newest "
+                          "under models/ (or $TRIAGE_MODELS)]."),
+        click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+                     help="Flag at probability >= this [default: the model card's threshold]."),
+    ]):
+        command = option(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="triage")
+def main() -> None:
+    """Triage brain MRI images for tumours in batch.
+
+    `train` builds the VGG19 transfer-learning classifier from a labelled folder,
+    `scan` scores every image of a folder and writes a CSV and an HTML/PDF report
+    with Grad-CAM heat maps, `evaluate` measures a model on labelled data.
+    """
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Model folder to create [default: a new folder under models/ or $TRIAGE_MODELS].")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=32), default=256, show_default=True,
+              help="Side of the square images are resized to.")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Share of images held out for validation.")
+@click.option("--seed", type=int, default=1337, show_default=True, help="Split and training seed.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+              show_default=True, help="Adam learning rate.")
+@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="L2 factor of the dense layers (recorded in the model card).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.35, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Decision threshold stored in the model.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Instead of --threshold: the highest threshold whose validation sensitivity is >= S.")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="Also K-fold cross-validate the head on the kept features; metrics go in the card.")
+@click.option("--positive", default="yes", show_default=True,
+              help="Name of the tumour class sub-folder; the other one is the negative class.")
+@click.option("--backbone-weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
+              help="ImageNet weights from Keras's cache (or its download), a local .h5 file, "
+                   "or `random` (tests and smoke runs only).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+@runtime_options
+@handle_errors
+def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_split: float, seed: int,
+          learning_rate: float, l2: float, dropout: float, threshold: float,
+          target_sensitivity: float | None, folds: int | None, positive: str, backbone_weights: str,
+          no_cache: bool, batch_size: int | None, quiet: bool, log_file: Path | None) -> int:
+    """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
+
+    The frozen backbone runs once per image (features are cached); the head
+    trains on the kept features; the whole network is saved with a model card
+    and training curves.
+
+    \b
+    Example:
+      triage train ../brain_tumor_dataset --epochs 30
+    """
+    _setup_logging(quiet, log_file)
+    from triage.metrics import format_metric
+    from triage.train import TrainConfig, train_model
+
+    config = TrainConfig(
+        epochs=epochs, image_size=image_size, batch_size=batch_size or 32, val_split=val_split,
+        seed=seed, learning_rate=learning_rate, l2=l2, dropout=dropout, threshold=threshold,
+        target_sensitivity=target_sensitivity, folds=folds, positive=positive,
+        backbone_weights=backbone_weights, cache=not no_cache,
+    )
+    interactive = _interactive(quiet)
+    bar = Progress(interactive, desc="features")
+
+    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+        if epoch == 1:
+            bar.close()
+        if interactive:
+            click.echo(f"epoch {epoch:>3}/{epochs}  loss {logs.get('loss', 0):.4f}  "
+                       f"acc {logs.get('accuracy', 0):.3f}  val_loss {logs.get('val_loss', 0):.4f}  "
+                       f"val_acc {logs.get('val_accuracy', 0):.3f}", err=True)
+
+    log.info("train %s", data_dir)
+    try:
+        result = train_model(data_dir, out, config, progress=bar.update, on_start=bar.start,
+                             on_epoch=on_epoch)
+    finally:
+        bar.close()
+    card = result.card
+    metrics = card["validation_metrics"]
+    if card.get("warning"):
+        click.echo(f"WARNING: {card['warning']}", err=True)
+    skipped = card["data"]["skipped"]
+    click.echo(f"model: {result.out_dir}")
+    click.echo(f"images: {card['data']['n_images']} ({card['split']['train']['n']} train, "
+               f"{card['split']['validation']['n']} validation), {len(skipped)} skipped")
+    for row in skipped:
+        click.echo(f"  skipped {row['path']}: {row['reason']}")
+    click.echo(f"threshold: {card['threshold']:.4f} ({card['threshold_rule']})")
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
+        click.echo(f"  validation {name:<12} {format_metric(metrics[name])}")
+    if card.get("cross_validation"):
+        cv = card["cross_validation"]["metrics"]
+        click.echo(f"  {card['cross_validation']['folds']}-fold accuracy   {format_metric(cv['accuracy'])}")
+        click.echo(f"  {card['cross_validation']['folds']}-fold roc_auc    {format_metric(cv['roc_auc'])}")
+    log.info("trained %s: validation accuracy %.3f", result.out_dir, metrics["accuracy"]["value"])
+    return EXIT_OK
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@model_options
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for metrics.json, predictions.csv, roc_curve.png, confusion_matrix.png "
+                   "[default: ./evaluation-<model id>].")
+@click.option("--positive", default="yes", show_default=True, help="Name of the tumour class sub-folder.")
+@runtime_options
+@handle_errors
+def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Path | None,
+             positive: str, batch_size: int | None, quiet: bool, log_file: Path | None) -> int:
+    """Measure a model on DATA_DIR (labelled like the training folder).
+
+    Prints accuracy, ROC AUC, sensitivity, specificity, precision and F1 with
+    95% confidence intervals, and writes them with a ROC curve and a confusion
+    matrix.
+
+    \b
+    Example:
+      triage evaluate ./labelled_folder --model models/vgg19-20261125-101500-ab12cd
+    """
+    _setup_logging(quiet, log_file)
+    from triage.evaluate import evaluate_model
+    from triage.metrics import format_metric
+
+    bar = Progress(_interactive(quiet), desc="evaluate")
+    try:
+        result = evaluate_model(data_dir, out, model=model, threshold=threshold, positive=positive,
+                                batch_size=batch_size or 16, on_start=bar.start, progress=bar.update)
+    finally:
+        bar.close()
+    metrics = result.metrics
+    click.echo(f"model: {result.report['model']['id']}   threshold {metrics['threshold']:.4f}   "
+               f"n = {metrics['n']}")
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
+        click.echo(f"  {name:<12} {format_metric(metrics[name])}")
+    cm = metrics["confusion_matrix"]
+    click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    for row in result.report["data"]["skipped"]:
+        click.echo(f"  skipped {row['path']}: {row['reason']}")
+    click.echo(f"written: {result.out_dir}")
+    return EXIT_OK
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM: the first asks the scan to stop after the current batch."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self) -> bool:
+        return self.stopping
+
+    def install(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.stopping and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
+            self.stopping = True
+            log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("input_dir", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.pdf"),
+              show_default=True, help="Report: x.pdf writes x.pdf and x.html; x.html writes HTML only.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV of every file [default: beside the report, same stem].")
+@model_options
+@click.option("--explain", type=click.Choice(["flagged", "all", "none"]), default="flagged",
+              show_default=True, help="Which scans get a Grad-CAM heat map.")
+@click.option("--max-report-cases", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Flagged scans shown in the PDF at most (the HTML and CSV hold all).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="auto uses a GPU when TensorFlow sees one (mixed precision + XLA), else CPU (fp32).")
+@click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
+@click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Wait this long for another run writing the same outputs, then give up (exit 4).")
+@runtime_options
+@handle_errors
+def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, threshold: float | None,
+         explain: str, max_report_cases: int, device: str, full: bool, wait: float,
+         batch_size: int | None, quiet: bool, log_file: Path | None) -> int:
+    """Score every image under INPUT_DIR; write the CSV and the HTML/PDF report.
+
+    Every file found gets a CSV row: `ok` with a probability, or an error status
+    with a reason. Flagged scans (probability >= threshold) get a Grad-CAM heat
+    map. Runs are incremental: unchanged files keep their rows from the previous
+    run with the same model and settings.
+
+    \b
+    Example:
+      triage scan ./incoming --out reports/report.pdf
+    """
+    _setup_logging(quiet, log_file)
+    from triage.run import run_scan
+    from triage.scan import ScanOptions
+
+    stop = _StopFlag()
+    stop.install()
+    bar = Progress(_interactive(quiet), desc="scan")
+    log.info("scan %s -> %s", input_dir, out)
+    options = ScanOptions(threshold=threshold, explain=explain, batch_size=batch_size or 16, device=device)
+    try:
+        result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=options,
+                                 max_report_cases=max_report_cases, full=full, wait=wait,
+                                 should_stop=stop, on_found=bar.start, progress=bar.update)
+    finally:
+        bar.close()
+    counts = result.counts()
+    summary = (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
+               f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
+               f"{counts['failed']} failed, {counts['skipped']} skipped"
+               + (f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else "")
+               + f"; threshold {result.threshold:.3f}; {result.seconds:.1f} s"
+               + f" -> {paths.pdf or paths.html}")
+    log.info("%s", summary)
+    click.echo(summary)
+    if result.model.random_backbone:
+        click.echo("WARNING: the model has a RANDOM backbone (tests only); its scores mean nothing.", err=True)
+    if not quiet:
+        click.echo(RESEARCH_NOTICE, err=True)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK

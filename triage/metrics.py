@@ -1,0 +1,117 @@
+"""Classification metrics with 95% confidence intervals.
+
+Proportions (accuracy, sensitivity, specificity, precision) get Wilson score
+intervals as scipy computes them; AUC and F1, which are not proportions, get a
+seeded percentile bootstrap. On 50 validation images, 0.90 accuracy means
+anything from 0.79 to 0.96, and a lab must see that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+CONFIDENCE = 0.95
+
+
+def wilson(successes: int, n: int) -> dict[str, Any]:
+    """A proportion with its Wilson 95% interval; value None when n is 0."""
+    if n == 0:
+        return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return {"value": successes / n, "ci_low": float(interval.low), "ci_high": float(interval.high),
+            "n": n}
+
+
+def _f1(y: np.ndarray, predicted: np.ndarray) -> float:
+    tp = int(np.sum(predicted & (y == 1)))
+    denominator = 2 * tp + int(np.sum(predicted & (y == 0))) + int(np.sum(~predicted & (y == 1)))
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def _bootstrap(y: np.ndarray, prob: np.ndarray, threshold: float, seed: int, rounds: int) -> dict[str, list[float]]:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    aucs: list[float] = []
+    f1s: list[float] = []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(y), len(y))
+        ys, ps = y[idx], prob[idx]
+        f1s.append(_f1(ys, ps >= threshold))
+        if 0 < ys.sum() < len(ys):  # AUC needs both classes in the resample
+            aucs.append(float(roc_auc_score(ys, ps)))
+    return {"auc": aucs, "f1": f1s}
+
+
+def _with_ci(value: float | None, samples: list[float], n: int) -> dict[str, Any]:
+    if value is None or not samples:
+        return {"value": value, "ci_low": None, "ci_high": None, "n": n}
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": n}
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, *,
+                   seed: int = 0, rounds: int = 2000) -> dict[str, Any]:
+    """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and the confusion matrix.
+
+    Args:
+        y_true: 0/1 labels (1 = tumour).
+        prob: Tumour probabilities.
+        threshold: A case is positive when ``prob >= threshold``.
+        seed: Seed of the bootstrap (AUC and F1 intervals).
+        rounds: Bootstrap resamples.
+
+    Returns:
+        A JSON-ready dict: each metric as ``{value, ci_low, ci_high, n}``, plus
+        ``confusion_matrix`` ``{tn, fp, fn, tp}`` and ``threshold``.
+    """
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(prob, dtype=np.float64)
+    predicted = p >= threshold
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted.astype(int), labels=[0, 1]).ravel())
+    both_classes = 0 < y.sum() < len(y)
+    auc = float(roc_auc_score(y, p)) if both_classes else None
+    samples = _bootstrap(y, p, threshold, seed, rounds) if len(y) else {"auc": [], "f1": []}
+    return {
+        "threshold": threshold,
+        "n": int(len(y)),
+        "accuracy": wilson(tp + tn, len(y)),
+        "roc_auc": _with_ci(auc, samples["auc"], len(y)),
+        "sensitivity": wilson(tp, tp + fn),
+        "specificity": wilson(tn, tn + fp),
+        "precision": wilson(tp, tp + fp),
+        "f1": _with_ci(_f1(y, predicted) if len(y) else None, samples["f1"], len(y)),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def threshold_for_sensitivity(y_true: np.ndarray, prob: np.ndarray, target: float) -> float:
+    """The highest threshold whose sensitivity on (y_true, prob) is at least ``target``.
+
+    With positives' scores sorted high to low, sensitivity at threshold t is the
+    share of them >= t, so the answer is the k-th highest positive score,
+    k = ceil(target * n_positive).
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    positives = np.sort(np.asarray(prob, dtype=np.float64)[np.asarray(y_true) == 1])[::-1]
+    if positives.size == 0:
+        raise ValueError("no positive cases to choose a threshold from")
+    k = max(1, math.ceil(target * positives.size - 1e-9))
+    return float(positives[k - 1])
+
+
+def format_metric(metric: dict[str, Any]) -> str:
+    """``0.900 (95% CI 0.786-0.957, n=50)``, or ``n/a``."""
+    if metric.get("value") is None:
+        return f"n/a (n={metric.get('n', 0)})"
+    if metric.get("ci_low") is None:
+        return f"{metric['value']:.3f} (n={metric['n']})"
+    return f"{metric['value']:.3f} (95% CI {metric['ci_low']:.3f}-{metric['ci_high']:.3f}, n={metric['n']})"

@@ -1,0 +1,237 @@
+"""The classifier: VGG19 backbone + the thesis's dense head, as one flat Keras model.
+
+The whole network is one chain of layers (preprocessing, the VGG19 blocks by
+their usual names, ``features`` = global average pooling, the head, ``logit``,
+``probability``), so feature extraction, scanning and Grad-CAM are sub-graphs
+of the saved model rather than copies of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from triage.errors import CamLayerNotFound, ModelError, WeightsUnavailable
+
+if TYPE_CHECKING:
+    import keras
+
+CAM_LAYER = "block5_conv4"
+FEATURE_LAYER = "features"
+LOGIT_LAYER = "logit"
+IMAGENET_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + IMAGENET_WEIGHTS_FILE
+)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The dense head of the thesis; ``l2`` is cut off in its listing, so it is a choice."""
+
+    l2: float = 0.01
+    dropout: float = 0.35
+    units: tuple[int, ...] = (128, 64)
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """Where the backbone's weights come from: ``imagenet``, ``random`` or a file."""
+
+    source: str  # "imagenet", "random" or "file"
+    path: Path | None
+    sha256: str
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return {"imagenet": "imagenet", "random": "random"}.get(self.source, f"file:{self.path}")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keras_cache_weights_path() -> Path:
+    """Where Keras keeps downloaded application weights (``$KERAS_HOME`` or ``~/.keras``)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models" / IMAGENET_WEIGHTS_FILE
+
+
+def _offline_message(cached: Path) -> str:
+    return (
+        f"VGG19 ImageNet weights are not cached and could not be downloaded: download "
+        f"{IMAGENET_WEIGHTS_URL} and put it at {cached}, or pass --backbone-weights PATH."
+    )
+
+
+def resolve_backbone_weights(spec: str, seed: int = 0) -> BackboneWeights:
+    """Find the backbone weights named by ``spec`` without building a model.
+
+    Args:
+        spec: ``imagenet`` (Keras's cache, downloading there if missing),
+            ``random`` (seeded random init, for tests and smoke runs only) or
+            the path of a local ``.h5`` file of VGG19 notop weights.
+        seed: Seed of the ``random`` backbone.
+
+    Returns:
+        The resolved weights with the sha256 that keys the feature cache.
+
+    Raises:
+        WeightsUnavailable: ImageNet weights can't be had, or the file is missing.
+    """
+    if spec == "random":
+        return BackboneWeights("random", None, f"random-seed-{seed}", seed)
+    if spec == "imagenet":
+        cached = keras_cache_weights_path()
+        if not cached.is_file():
+            try:
+                import keras
+
+                fetched = keras.utils.get_file(
+                    IMAGENET_WEIGHTS_FILE, IMAGENET_WEIGHTS_URL, cache_subdir="models",
+                    file_hash="253f8cb515780f3b799900260a226db6",
+                )
+                cached = Path(fetched)
+            except Exception as exc:  # any network or disk failure means the same to a user
+                raise WeightsUnavailable(_offline_message(cached)) from exc
+        return BackboneWeights("imagenet", cached, sha256_file(cached))
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailable(
+            f"Backbone weights file {spec} does not exist: pass imagenet, random or the path "
+            f"of {IMAGENET_WEIGHTS_FILE}."
+        )
+    return BackboneWeights("file", path.resolve(), sha256_file(path))
+
+
+def _keras() -> Any:
+    import keras
+
+    import triage.layers  # noqa: F401  registers the custom layers for saving and loading
+
+    return keras
+
+
+def build_backbone(image_size: int, weights: BackboneWeights) -> "keras.Model":
+    """VGG19 without its top, frozen, behind the preprocessing layer: image -> block5_pool.
+
+    Raises:
+        WeightsUnavailable: the weights file does not fit VGG19.
+    """
+    keras = _keras()
+    if image_size < 32:
+        raise ValueError(f"image size must be at least 32 for VGG19, got {image_size}")
+    if weights.source == "random":
+        keras.utils.set_random_seed(weights.seed)
+    try:
+        vgg = keras.applications.VGG19(
+            include_top=False, input_shape=(image_size, image_size, 3),
+            weights=None if weights.source == "random" else str(weights.path),
+        )
+    except (ValueError, OSError) as exc:
+        raise WeightsUnavailable(
+            f"Backbone weights file {weights.path} is not VGG19 notop weights: {exc}"
+        ) from exc
+    image = keras.Input((image_size, image_size, 3), name="image")
+    from triage.layers import CaffePreprocess
+
+    x = CaffePreprocess(name="vgg19_preprocess")(image)
+    for layer in vgg.layers[1:]:  # a plain chain: copy it into one flat graph
+        layer.trainable = False
+        x = layer(x)
+    return keras.Model(image, x, name="vgg19_backbone")
+
+
+def build_head(feature_dim: int, config: HeadConfig) -> "keras.Model":
+    """features (GAP of block5_pool) -> Dense/Dropout stack -> logit -> probability."""
+    keras = _keras()
+    features = keras.Input((feature_dim,), name="pooled")
+    x = features
+    regulariser = keras.regularizers.L2(config.l2) if config.l2 else None
+    for units in config.units:
+        x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regulariser,
+                               name=f"dense_{units}")(x)
+        x = keras.layers.Dropout(config.dropout, name=f"dropout_{units}")(x)
+    logit = keras.layers.Dense(1, name=LOGIT_LAYER)(x)
+    probability = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(logit)
+    return keras.Model(features, probability, name="head")
+
+
+def feature_extractor(backbone: "keras.Model") -> "keras.Model":
+    """image -> 512-d pooled features: the part of the network that training runs once."""
+    keras = _keras()
+    pooled = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(backbone.output)
+    return keras.Model(backbone.input, pooled, name="feature_extractor")
+
+
+def assemble(extractor: "keras.Model", head: "keras.Model") -> "keras.Model":
+    """The whole classifier, sharing the layers (and so the weights) of both parts."""
+    keras = _keras()
+    x = extractor.output
+    for layer in head.layers[1:]:
+        x = layer(x)
+    return keras.Model(extractor.input, x, name="triage_vgg19")
+
+
+def load_classifier(path: Path) -> "keras.Model":
+    """Load a saved ``.keras`` classifier (no network needed).
+
+    Raises:
+        ModelError: the file is missing or not a triage classifier.
+    """
+    keras = _keras()
+    if not path.is_file():
+        raise ModelError(f"Model file {path} does not exist.")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for a bad archive
+        raise ModelError(f"Cannot load model {path}: {exc}") from exc
+    names = {layer.name for layer in model.layers}
+    if not {FEATURE_LAYER, LOGIT_LAYER, "probability"} <= names:
+        raise ModelError(f"{path} is not a triage classifier (layers {sorted(names)[:5]}...).")
+    return model
+
+
+def cam_layer(model: "keras.Model", name: str = CAM_LAYER) -> "keras.layers.Layer":
+    """The Grad-CAM layer, checked to be a spatial feature map.
+
+    Raises:
+        CamLayerNotFound: no such layer, or its output is not (N, H, W, C) with H, W > 1.
+    """
+    try:
+        layer = model.get_layer(name)
+    except ValueError as exc:
+        raise CamLayerNotFound(f"Layer {name!r} is not in the model.") from exc
+    shape = tuple(layer.output.shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] < 2 or shape[2] < 2:
+        raise CamLayerNotFound(
+            f"Layer {name!r} must output (N, H, W, C) with H, W > 1, got {shape}."
+        )
+    return layer
+
+
+def with_dtype_policy(model: "keras.Model", policy: str) -> "keras.Model":
+    """The same network under another dtype policy (e.g. ``mixed_float16`` on a GPU).
+
+    The probability stays float32, as mixed precision requires of outputs.
+    """
+    keras = _keras()
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer) and layer.name != "probability":
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
