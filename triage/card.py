@@ -73,11 +73,11 @@ def read_card(folder: Path) -> dict[str, Any]:
     return card
 
 
-def _metric(card: dict[str, Any], name: str) -> tuple[float, float, float] | None:
+def _metric(card: dict[str, Any], name: str) -> tuple[float, float, float, int] | None:
     metric = (card.get("validation_metrics") or {}).get(name) or {}
     if metric.get("value") is None:
         return None
-    return (metric["value"], metric.get("ci_low"), metric.get("ci_high"))
+    return (metric["value"], metric["ci_low"], metric["ci_high"], metric["n"])
 
 
 def summarise(folder: Path, card: dict[str, Any], model_sha256: str) -> ModelSummary:
@@ -97,5 +97,4 @@ def summarise(folder: Path, card: dict[str, Any], model_sha256: str) -> ModelSum
         trained_at=str(card.get("created_at", "?")),
         val_sensitivity=_metric(card, "sensitivity"),
         val_specificity=_metric(card, "specificity"),
-        val_n=(card.get("validation_metrics") or {}).get("n"),
     )

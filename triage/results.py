@@ -92,9 +92,8 @@ class ModelSummary:
     backbone_weights: str
     trained_on: str
     trained_at: str
-    val_sensitivity: tuple[float, float, float] | None  # value, CI low, CI high
-    val_specificity: tuple[float, float, float] | None
-    val_n: int | None
+    val_sensitivity: tuple[float, float, float, int] | None  # value, CI low, CI high, n
+    val_specificity: tuple[float, float, float, int] | None
 
     @property
     def random_backbone(self) -> bool:
