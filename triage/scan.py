@@ -103,8 +103,11 @@ def library_versions() -> dict[str, str]:
     """Versions of the tool and the libraries that decide its numbers."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"triage": __version__, "python": platform.python_version()}
-    for name in ("tensorflow", "keras", "numpy", "opencv-python-headless", "pillow", "pydicom",
+    import tensorflow as tf
+
+    # tensorflow ships as several distributions (tensorflow, tensorflow-cpu, ...): ask the module.
+    found = {"triage": __version__, "python": platform.python_version(), "tensorflow": tf.__version__}
+    for name in ("keras", "numpy", "opencv-python-headless", "pillow", "pydicom",
                  "weasyprint", "jinja2"):
         try:
             found[name] = version(name)

@@ -1,0 +1,213 @@
+"""Scanning a folder end to end: every file accounted for, report, run.json, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from conftest import blob_image
+from triage.cli import EXIT_MODEL, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
+from triage.results import read_csv
+
+NASTY = "odd <b>&\"' name.png"  # a failed file: the report's failure table shows it
+
+
+def _write_dicom(path: Path, pixels: np.ndarray) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName = "MR", "Test^Phantom"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def incoming(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every kind of file a lab folder holds, good and bad."""
+    root = tmp_path_factory.mktemp("incoming")
+    rng = np.random.default_rng(5)
+    (root / "nested" / "deeper").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(blob_image(rng, tumour=i % 2 == 0)).save(root / f"scan {i}.png")
+    Image.fromarray(blob_image(rng, True)).save(root / "nested" / "ünïcode.jpg", quality=90)
+    (root / "nested" / "deeper" / NASTY).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    sixteen = (blob_image(rng, True)[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(root / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(blob_image(rng, True, size=40)[:, :20]).save(root / "rotated.jpg", exif=exif)
+    _write_dicom(root / "mr_slice.dcm", blob_image(rng, True)[..., 0].astype(np.uint16) * 16)
+    buffer = io.BytesIO()
+    Image.fromarray(blob_image(rng, True)).save(buffer, "PNG")
+    (root / "truncated.png").write_bytes(buffer.getvalue()[:100])
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "Thumbs.db").write_bytes(b"\0" * 16)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scanned(incoming: Path, trained_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in incoming.rglob("*") if p.is_file()}
+    out = tmp_path_factory.mktemp("out")
+    result = CliRunner().invoke(main, ["scan", str(incoming), "--out", str(out / "report.pdf"),
+                                       "--model", str(trained_model), "--threshold", "0.5"])
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in incoming.rglob("*") if p.is_file()}
+    assert before == after, "inputs must never be modified"
+    return result, out
+
+
+def test_every_file_is_accounted_for(scanned, incoming: Path) -> None:
+    result, out = scanned
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    rows = {row["path"]: row for row in read_csv(out / "report.csv")}
+    on_disk = {p.relative_to(incoming).as_posix() for p in incoming.rglob("*") if p.is_file()}
+    assert set(rows) == on_disk
+    assert list(rows) == sorted(rows)
+    status = {path: row["status"] for path, row in rows.items()}
+    assert status["truncated.png"] == "unreadable"
+    assert status["zero.jpg"] == "empty"
+    assert status["notes.txt"] == "unsupported"
+    assert status[".DS_Store"] == status["Thumbs.db"] == "skipped"
+    ok = [row for row in rows.values() if row["status"] == "ok"]
+    assert len(ok) == 9
+    for row in ok:
+        assert 0 <= float(row["probability"]) <= 1
+        assert row["flagged"] == ("true" if float(row["probability"]) >= 0.5 else "false")
+        assert len(row["sha256"]) == 64
+        assert row["model_id"] == "blob-model"
+    assert rows["mr_slice.dcm"]["format"] == "DICOM"
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == ("40", "20")
+    for row in rows.values():
+        assert (row["reason"] == "") == (row["status"] == "ok")
+
+
+def test_heatmaps_for_flagged_scans_only(scanned) -> None:
+    _, out = scanned
+    rows = read_csv(out / "report.csv")
+    for row in rows:
+        if row["flagged"] == "true":
+            heatmap = out / row["heatmap"]
+            assert heatmap.is_file()
+            with Image.open(heatmap) as image:  # the overlay keeps the image's own size
+                assert image.size == (int(row["width"]), int(row["height"]))
+        else:
+            assert row["heatmap"] == ""
+    assert any(row["flagged"] == "true" for row in rows)
+
+
+def test_run_json_agrees_with_csv(scanned, trained_model: Path) -> None:
+    _, out = scanned
+    facts = json.loads((out / "run.json").read_text())
+    rows = read_csv(out / "report.csv")
+    assert facts["counts"]["found"] == len(rows)
+    assert facts["counts"]["scored"] == sum(r["status"] == "ok" for r in rows)
+    assert facts["counts"]["flagged"] == sum(r["flagged"] == "true" for r in rows)
+    assert facts["counts"]["failed"] == 4 and facts["counts"]["skipped"] == 2
+    assert facts["cam_layer"] == "block5_conv4" and facts["threshold"] == 0.5
+    from triage.model import sha256_file
+
+    assert facts["model"]["sha256"] == sha256_file(trained_model / "model.keras")
+    assert "tensorflow" in facts["versions"] and "triage" in facts["versions"]
+
+
+def test_report_escapes_names_and_pdf_is_valid(scanned) -> None:
+    from pypdf import PdfReader
+
+    _, out = scanned
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert NASTY not in html and "odd &lt;b&gt;&amp;&#34;&#39; name.png" in html
+    pdf = PdfReader(out / "report.pdf")
+    assert len(pdf.pages) >= 2
+    assert all("Research use only" in page.extract_text() for page in pdf.pages)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_scanning_twice_gives_identical_probabilities(scanned, incoming: Path, trained_model: Path,
+                                                      tmp_path: Path) -> None:
+    _, out = scanned
+    again = CliRunner().invoke(main, ["scan", str(incoming), "--out", str(tmp_path / "again.html"),
+                                      "--model", str(trained_model), "--batch-size", "3",
+                                      "--threshold", "0.5", "--explain", "all"])
+    assert again.exit_code == EXIT_SOME_FAILED, again.output
+    first = {r["path"]: r["probability"] for r in read_csv(out / "report.csv")}
+    second = {r["path"]: r["probability"] for r in read_csv(tmp_path / "again.csv")}
+    assert first == second
+    assert not (tmp_path / "again.pdf").exists()
+    rows = read_csv(tmp_path / "again.csv")
+    assert all(r["heatmap"] for r in rows if r["status"] == "ok")  # --explain all
+
+
+def test_all_good_folder_exits_zero(tmp_path: Path, trained_model: Path) -> None:
+    rng = np.random.default_rng(9)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.fromarray(blob_image(rng, True)).save(tmp_path / "in" / f"{i}.png")
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.html"),
+                                       "--model", str(trained_model), "--quiet"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stdout.count("\n") == 1 and "3 found, 3 scored" in result.stdout
+
+
+def test_default_model_is_newest_under_models(tmp_path: Path, trained_model: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_model, models / "only-one")
+    monkeypatch.setenv("TRIAGE_MODELS", str(models))
+    (tmp_path / "in").mkdir()
+    Image.fromarray(blob_image(np.random.default_rng(0), True)).save(tmp_path / "in" / "a.png")
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == EXIT_OK, result.output
+    assert read_csv(tmp_path / "r.csv")[0]["model_id"] == "blob-model"
+
+
+def test_missing_model_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIAGE_MODELS", str(tmp_path / "no-models-here"))
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.pdf")])
+    assert result.exit_code == EXIT_MODEL
+    assert "No trained model found" in result.output and "triage train" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r.pdf").exists() and not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["scan", "{tmp}/missing", "--out", "{tmp}/r.pdf"], "does not exist"),
+    (["scan", "{tmp}", "--out", "{tmp}/r.docx"], "must end in .pdf or .html"),
+    (["scan", "{tmp}", "--out", "{tmp}/r.pdf", "--threshold", "1.5"], "1.5"),
+])
+def test_usage_errors(tmp_path: Path, trained_model: Path, args: list[str], message: str) -> None:
+    args = [a.format(tmp=tmp_path) for a in args] + ["--model", str(trained_model)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_broken_model_folder_is_a_model_error(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.keras").write_bytes(b"not a zip")
+    (tmp_path / "model" / "model_card.json").write_text(json.dumps({"image_size": 32, "threshold": 0.5}))
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.pdf"),
+                                       "--model", str(tmp_path / "model")])
+    assert result.exit_code == EXIT_MODEL, result.output
+    assert "Cannot load model" in result.output and "Traceback" not in result.output
