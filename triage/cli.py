@@ -75,8 +75,7 @@ def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         try:
             code = command(*args, **kwargs) or EXIT_OK
         except TriageError as error:
-            log.error("%s", error)
-            click.echo(f"Error: {error}", err=True) if not _logs_to_console() else None
+            log.error("%s", error)  # the console handler shows errors even with --quiet
             sys.exit(_exit_code(error))
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was changed.", err=True)
@@ -88,10 +87,6 @@ def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         sys.exit(code)
 
     return wrapper
-
-
-def _logs_to_console() -> bool:
-    return any(type(h) is logging.StreamHandler and h.level <= logging.ERROR for h in log.handlers)
 
 
 class Progress:
