@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000, MRImageStorage, generate_uid
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from triage import images
 from triage.errors import ImageLoadError, UsageError

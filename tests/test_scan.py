@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from click.testing import CliRunner
 from PIL import Image

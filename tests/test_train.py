@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +87,8 @@ def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dat
     assert from_model.std() > 100 * 1e-5  # the scores differ by far more than the tolerance
 
 
-def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path: Path, blob_dataset: Path, trained_model: Path) -> None:
+def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path: Path, blob_dataset: Path,
+                                                trained_model: Path) -> None:
     config = TrainConfig(epochs=2, image_size=IMAGE_SIZE, backbone_weights="random")
     first = train_model(blob_dataset, tmp_path / "a", config)
     assert first.card["features"]["from_cache"] == 80  # trained_model filled the cache

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -367,7 +366,8 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     log.info("%s", summary)
     click.echo(summary)
     if result.model.random_backbone:
-        click.echo("WARNING: the model has a RANDOM backbone (tests only); its scores mean nothing.", err=True)
+        click.echo("WARNING: the model has a RANDOM backbone (tests only); its scores mean nothing.",
+                   err=True)
     if not quiet:
         click.echo(RESEARCH_NOTICE, err=True)
     if result.interrupted:

@@ -113,7 +113,10 @@ def index_labelled(root: Path, positive: str = "yes", seed: int | None = 1337) -
     return LabelledSet(root, files, (negative, positive), tuple(ignored))
 
 
-def split(files: tuple[LabelledFile, ...], val_split: float) -> tuple[tuple[LabelledFile, ...], tuple[LabelledFile, ...]]:
+Files = tuple[LabelledFile, ...]
+
+
+def split(files: Files, val_split: float) -> tuple[Files, Files]:
     """(training, validation) as Keras's ``validation_split`` cuts a shuffled list."""
     if not 0 < val_split < 1:
         raise DataError(f"--val-split must be between 0 and 1, got {val_split}.")

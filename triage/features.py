@@ -81,7 +81,8 @@ class FeatureCache:
         if not self._dirty:
             return
         keys = np.array(sorted(self._vectors), dtype="U64")
-        vectors = np.stack([self._vectors[k] for k in keys]) if len(keys) else np.zeros((0, FEATURE_DIM), np.float32)
+        vectors = np.stack([self._vectors[k] for k in keys]) if len(keys) else \
+            np.zeros((0, FEATURE_DIM), np.float32)
         with atomic_write(self.path, "wb") as handle:
             np.savez(handle, keys=keys, features=vectors)
         self._dirty = False

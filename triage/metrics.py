@@ -33,7 +33,8 @@ def _f1(y: np.ndarray, predicted: np.ndarray) -> float:
     return 2 * tp / denominator if denominator else 0.0
 
 
-def _bootstrap(y: np.ndarray, prob: np.ndarray, threshold: float, seed: int, rounds: int) -> dict[str, list[float]]:
+def _bootstrap(y: np.ndarray, prob: np.ndarray, threshold: float, seed: int,
+               rounds: int) -> dict[str, list[float]]:
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)

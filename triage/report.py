@@ -28,7 +28,7 @@ from markupsafe import Markup
 
 from triage import RESEARCH_NOTICE, __version__
 from triage.atomic import atomic_write_bytes, atomic_write_text
-from triage.results import STATUSES, CaseResult, ScanResult
+from triage.results import STATUSES, ScanResult
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"

@@ -182,6 +182,25 @@ def _unchanged(old: CaseResult, item: FoundFile, report_dir: Path) -> bool:
     return all((report_dir / name).is_file() for name in (old.heatmap, old.original) if name)
 
 
+def _predict_padded(loaded: LoadedModel, images: list[np.ndarray], batch_size: int) -> tuple[Any, np.ndarray]:
+    """One forward pass on a full ``batch_size`` batch, the last one padded with zeros.
+
+    The CPU kernels' results depend in the last float bits on the batch's size
+    (not on its other images), so a fixed size makes each image's probability
+    independent of which images it was batched with: an incremental run that
+    scores only a few new files gives them the numbers a full scan would.
+
+    Returns:
+        Activations (``batch_size`` rows, padding included) and the ``len(images)`` probabilities.
+    """
+    batch = np.stack(images)
+    if len(images) < batch_size:
+        padding = np.zeros((batch_size - len(images), *batch.shape[1:]), dtype=batch.dtype)
+        batch = np.concatenate([batch, padding])
+    activations, probabilities = loaded.gradcam.predict(batch)
+    return activations, probabilities[:len(images)]
+
+
 def scan_folder(
     input_dir: Path, loaded: LoadedModel, options: ScanOptions, *,
     heatmap_dir: Path | None, report_dir: Path,
@@ -233,8 +252,9 @@ def scan_folder(
     if progress and len(found) > len(to_read):
         progress(len(found) - len(to_read))
 
-    writer = HeatmapWriter(heatmap_dir, report_dir, loaded.summary.sha256[:8]) if heatmap_dir and options.explain != "none" else None
-    if heatmap_dir and writer:
+    writer = None
+    if heatmap_dir and options.explain != "none":
+        writer = HeatmapWriter(heatmap_dir, report_dir, loaded.summary.sha256[:8])
         heatmap_dir.mkdir(parents=True, exist_ok=True)
 
     def load(item: FoundFile) -> tuple[LoadedImage, np.ndarray]:
@@ -256,7 +276,7 @@ def scan_folder(
             if should_stop():
                 interrupted = True
                 break
-            activations, probabilities = loaded.gradcam.predict(np.stack([b[2] for b in batch]))
+            activations, probabilities = _predict_padded(loaded, [b[2] for b in batch], options.batch_size)
             explain = [options.explain == "all" or p >= threshold for p in probabilities]
             cams = loaded.gradcam.heatmaps(activations) if writer and any(explain) else None
             for row, ((item, image, _), probability) in enumerate(zip(batch, probabilities)):

@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,7 +80,8 @@ class TrainResult:
 
 def _fit_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig,
               validation: tuple[np.ndarray, np.ndarray] | None = None,
-              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Any, dict[str, list[float]]]:
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+              ) -> tuple[Any, dict[str, list[float]]]:
     import keras
 
     from triage.model import build_head
@@ -231,8 +232,9 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
             "threshold_rule": threshold_rule,
             "data": {
                 "path": str(Path(data_dir).resolve()),
-                "fingerprint": _fingerprint([(labelled.files[i].relpath, sha, int(labels[row]))
-                                             for row, (i, sha) in enumerate(zip(extracted.indices, extracted.sha256s))]),
+                "fingerprint": _fingerprint([
+                    (labelled.files[i].relpath, sha, int(labels[row]))
+                    for row, (i, sha) in enumerate(zip(extracted.indices, extracted.sha256s))]),
                 "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
                 "n_images": len(extracted.indices),
                 "n_indexed": len(labelled.files),
@@ -242,8 +244,8 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
             "split": {"method": "as keras.utils.image_dataset_from_directory(validation_split, seed)",
                       "val_split": config.val_split, "seed": config.seed,
                       "train": _class_counts(y_train), "validation": _class_counts(y_val),
-                      "validation_files": [labelled.files[i].relpath for i in range(n_train, len(labelled.files))
-                                           if i in position]},
+                      "validation_files": [labelled.files[i].relpath
+                                           for i in range(n_train, len(labelled.files)) if i in position]},
             "hyperparameters": {"epochs": config.epochs, "batch_size": config.batch_size,
                                 "optimizer": "Adam", "learning_rate": config.learning_rate,
                                 "loss": "binary_crossentropy", "l2": config.l2,
