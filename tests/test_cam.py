@@ -87,3 +87,19 @@ def test_normalise_and_overlay() -> None:
     assert blended.shape == (30, 50, 3) and blended.dtype == np.uint8
     # 0.4 x JET(0) (dark blue, RGB 0,0,128) + 0.6 x 100 at the cold corner
     np.testing.assert_allclose(blended[0, 0], [60, 60, 60 + 0.4 * 128], atol=2)
+
+
+def test_mixed_precision_copy_agrees_with_fp32(trained_model: Path) -> None:
+    """The GPU path (mixed_float16) keeps the weights and a float32 output, and its CAM runs."""
+    from triage.model import load_classifier, with_dtype_policy
+
+    model = load_classifier(trained_model / "model.keras")
+    mixed = with_dtype_policy(model, "mixed_float16")
+    assert mixed.get_layer("block5_conv4").dtype_policy.compute_dtype == "float16"
+    images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    cam = GradCam(mixed)
+    activations, probabilities = cam.predict(images)
+    assert probabilities.dtype == np.float64 and activations.dtype.name == "float16"
+    np.testing.assert_allclose(probabilities, np.asarray(model(images)).ravel(), atol=2e-3)
+    maps = cam.heatmaps(activations)
+    assert maps.shape == (4, 2, 2) and np.isfinite(maps).all()
