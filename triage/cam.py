@@ -140,7 +140,7 @@ def gradcam_full_tape(model: "keras.Model", images: np.ndarray, layer: str = CAM
     import keras
     import tensorflow as tf
 
-    grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+    grad_model = keras.Model(model.input, [model.get_layer(layer).output, model.output])
     with tf.GradientTape() as tape:
         activations, predictions = grad_model(images, training=False)
         score = predictions[:, 0]
