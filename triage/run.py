@@ -3,23 +3,30 @@
 Every output is written to a temporary file and renamed, in an order that
 keeps the previous outputs readable whatever moment the run is killed at:
 heat maps (new names) -> CSV -> HTML -> PDF -> state -> ``run.json`` (last)
--> removal of heat maps nothing refers to any more.
+-> removal of heat maps nothing refers to any more. Temporary files a killed
+run left are removed by the next run, under the lock.
+
+A stop asked for (SIGINT/SIGTERM) while waiting for the lock or loading the
+model leaves every output as it was; once scanning has begun, the run stops
+after the current batch and writes everything, the rest ``not_scanned``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from triage.atomic import atomic_write_text
 from triage.errors import UsageError
 from triage.lock import OutputLock
-from triage.results import CaseResult, ScanResult, write_csv
-from triage.scan import LoadedModel, ScanOptions, load_model, scan_folder
+from triage.results import STATUSES, CaseResult, ScanResult, write_csv
+from triage.scan import LoadedModel, ScanOptions, library_versions, load_model, scan_folder
 
 log = logging.getLogger(__name__)
 RUN_SCHEMA_VERSION = 1
@@ -63,25 +70,83 @@ class OutputPaths:
         )
 
 
+# Libraries whose version can change a row (decoding, resizing, the forward pass).
+_SCORING_LIBRARIES = ("triage", "tensorflow", "keras", "numpy", "opencv-python-headless", "pillow",
+                      "pydicom")
+
+
 def _settings(loaded: LoadedModel, options: ScanOptions, input_dir: Path, threshold: float) -> dict[str, Any]:
-    """What must match for a previous run's rows to be reused."""
+    """What must match for a previous run's rows to be reused.
+
+    Besides the model and the options that decide a row, the batch size and
+    the device (the last float bits of a probability depend on both) and the
+    versions of the libraries that decode and score: a carried-over row must
+    equal the one a fresh scan would give.
+    """
+    versions = library_versions()
     return {"model_sha256": loaded.summary.sha256, "threshold": threshold, "explain": options.explain,
-            "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve())}
+            "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
+            "batch_size": options.batch_size, "device": "gpu" if loaded.on_gpu else "cpu",
+            "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
 
-def load_state(path: Path, settings: dict[str, Any]) -> dict[str, CaseResult]:
-    """Rows of the previous run, or nothing when they can't be trusted (said in the log)."""
+# The type each state field must have (besides None where the field allows it).
+_ROW_TYPES: dict[str, type] = {
+    "path": str, "status": str, "sha256": str, "reason": str, "probability": float, "flagged": bool,
+    "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
+    "mtime_ns": int, "new": bool,
+}
+_ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
+
+
+def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
+    """One state row as a :class:`CaseResult`; ``ValueError`` when it is not one this tool wrote."""
+    if not isinstance(row, dict) or set(row) != {f.name for f in dataclasses.fields(CaseResult)}:
+        raise ValueError(f"a row is not a case: {str(row)[:80]}")
+    for name, kind in _ROW_TYPES.items():
+        value = row.get(name)
+        if (value is None and name not in _ROW_REQUIRED) or (
+                isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+            continue
+        raise ValueError(f"bad {name} {value!r} in a row")
+    case = CaseResult(**row)
+    if not case.path or case.status not in STATUSES or case.status == "not_scanned":
+        raise ValueError(f"bad row of {case.path!r}")
+    if case.ok and not (case.probability is not None and 0.0 <= case.probability <= 1.0):
+        raise ValueError(f"bad probability in the row of {case.path!r}")
+    for name in (case.heatmap, case.original):  # only images in this report's own heat-map folder
+        if name is not None and (PurePosixPath(name).parent.as_posix() != heatmap_folder
+                                 or "\\" in name or name.endswith("/..")):
+            raise ValueError(f"heat map {name!r} is outside {heatmap_folder}")
+    return case
+
+
+def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, CaseResult]:
+    """Rows of the previous run, or nothing when they can't be trusted (said in the log).
+
+    Args:
+        path: The state file beside the outputs.
+        settings: This run's, from :func:`_settings`; any difference means a full rescan.
+        heatmap_folder: Name of the heat-map folder, relative to the report, that rows may refer to.
+    """
     if not path.exists():
+        log.info("no previous state beside the outputs: scanning everything")
         return {}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("schema_version") != STATE_SCHEMA_VERSION:
-            raise ValueError(f"schema {state.get('schema_version')!r}")
-        rows = {row["path"]: CaseResult(**row) for row in state["cases"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(state, dict) or state.get("schema_version") != STATE_SCHEMA_VERSION:
+            raise ValueError("not a triage state file of schema %d" % STATE_SCHEMA_VERSION)
+        old_settings, cases = state.get("settings"), state.get("cases")
+        if not isinstance(old_settings, dict) or not isinstance(cases, list):
+            raise ValueError("no settings or cases")
+        rows = {}
+        for row in cases:
+            case = _check_row(row, heatmap_folder)
+            rows[case.path] = case
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
         log.warning("previous state %s is unreadable (%s): scanning everything", path, exc)
         return {}
-    changed = [k for k in settings if state.get("settings", {}).get(k) != settings[k]]
+    changed = [k for k in settings if old_settings.get(k) != settings[k]]
     if changed:
         log.info("previous run used another %s: scanning everything", ", ".join(changed))
         return {}
@@ -127,6 +192,19 @@ def _remove_unreferenced(result: ScanResult, paths: OutputPaths) -> None:
             path.unlink(missing_ok=True)
 
 
+def _remove_stray_temporaries(paths: OutputPaths) -> None:
+    """Delete the temporary files a killed run of these outputs left (``.report.csv.XXXX.tmp``).
+
+    Called under the lock, so no live run of these outputs is writing them.
+    ``run.json`` is left out: reports of other names in the folder share it.
+    """
+    for final in (paths.csv, paths.html, paths.pdf, paths.state):
+        if final is not None and final.parent.is_dir():
+            for stray in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stray.unlink()
+
+
 def run_scan(
     input_dir: Path, out: Path, *, csv: Path | None = None, model: str | Path | None = None,
     options: ScanOptions = ScanOptions(), max_report_cases: int = 200, full: bool = False,
@@ -152,6 +230,7 @@ def run_scan(
 
     Raises:
         UsageError, ModelError, LockHeld: see :mod:`triage.errors`.
+        KeyboardInterrupt: ``should_stop`` said stop before scanning began; no output was changed.
     """
     input_dir = Path(input_dir)
     options.validate()
@@ -163,13 +242,18 @@ def run_scan(
     if paths.heatmaps.resolve().is_relative_to(input_dir.resolve()) or \
             paths.csv.resolve().parent.is_relative_to(input_dir.resolve()):
         raise UsageError("Outputs must not go inside the input folder (they would be scanned next time).")
-    with OutputLock(paths.lock, wait):
+    with OutputLock(paths.lock, wait, should_stop=should_stop):
+        _remove_stray_temporaries(paths)
         loaded = load_model(model, options)
         threshold = loaded.summary.threshold if options.threshold is None else options.threshold
         settings = _settings(loaded, options, input_dir, threshold)
-        reuse = {} if full else load_state(paths.state, settings)
+        if full:
+            log.info("--full: scanning everything")
+        reuse = {} if full else load_state(paths.state, settings, paths.heatmaps.name)
         if reuse:
             log.info("incremental: %d rows of the previous run may be reused", len(reuse))
+        if should_stop():  # stopped before anything was scored: leave the previous outputs alone
+            raise KeyboardInterrupt
         result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
                              report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
                              on_found=on_found, progress=progress)
