@@ -112,7 +112,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str,
 
 def lock_holder(out: Path) -> str:
     with contextlib.suppress(OSError):
-        return (out / ".report.lock").read_text().split(" ")[0].strip()
+        return (out / ".triage.lock").read_text().split(" ")[0].strip()
     return ""
 
 

@@ -66,7 +66,8 @@ class OutputPaths:
             heatmaps=base.parent / f"{base.name}_heatmaps",
             run_json=out.parent / "run.json",
             state=out.parent / f".{base.name}.state.json",
-            lock=out.parent / f".{base.name}.lock",
+            # One lock per folder: every report there shares its run.json.
+            lock=out.parent / ".triage.lock",
         )
 
 
@@ -196,9 +197,8 @@ def _remove_stray_temporaries(paths: OutputPaths) -> None:
     """Delete the temporary files a killed run of these outputs left (``.report.csv.XXXX.tmp``).
 
     Called under the lock, so no live run of these outputs is writing them.
-    ``run.json`` is left out: reports of other names in the folder share it.
     """
-    for final in (paths.csv, paths.html, paths.pdf, paths.state):
+    for final in (paths.csv, paths.html, paths.pdf, paths.state, paths.run_json):
         if final is not None and final.parent.is_dir():
             for stray in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
                 with contextlib.suppress(OSError):
