@@ -167,7 +167,7 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"Output folder {out_dir} exists and is not empty.")
     labelled = index_labelled(Path(data_dir), config.positive, config.seed)
-    split(labelled.files, config.val_split)  # fail early on a split that leaves a side empty
+    n_val = len(split(labelled.files, config.val_split)[1])  # fails early on an empty side
     weights = resolve_backbone_weights(config.backbone_weights, seed=config.seed)
 
     from triage.model import assemble, build_backbone, feature_extractor
@@ -186,7 +186,6 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     # The split is made over every indexed file, as Keras makes it; unreadable
     # files then drop out of whichever side they fell on.
     position = {index: row for row, index in enumerate(extracted.indices)}
-    n_val = len(split(labelled.files, config.val_split)[1])
     n_train = len(labelled.files) - n_val
     train_rows = [position[i] for i in range(n_train) if i in position]
     val_rows = [position[i] for i in range(n_train, len(labelled.files)) if i in position]
