@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+# The tests' generated 'scans' (a dark noisy square, a bright disc for a tumour).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import blob_image  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -299,19 +303,6 @@ def labelled_subset(data: Path, per_class: int) -> Path:
         files = sorted(p for p in (data / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         copy_images(files[:per_class], data, dest)
     return dest
-
-
-def blob_image(rng: Any, tumour: bool, size: int = 128) -> Any:
-    """A dark noisy square 'scan'; with a tumour it has a bright disc (as tests/conftest.py)."""
-    import numpy as np
-
-    image = rng.normal(40, 12, (size, size)).clip(0, 255)
-    if tumour:
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        radius = rng.integers(size // 8, size // 4)
-        yy, xx = np.mgrid[:size, :size]
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = rng.uniform(200, 255)
-    return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
 
 
 def write_blob_images(dest: Path, n: int, *, size: int = 128, seed: int = 0,
