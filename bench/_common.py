@@ -76,6 +76,23 @@ def add_repeats(p: argparse.ArgumentParser, default: int = 3, help: str | None =
                    help=help or "time each measurement this many times and report the median")
 
 
+def parse_model_bench(p: argparse.ArgumentParser, repeats: int) -> tuple[argparse.Namespace, Path]:
+    """The shared tail of the benches that train a throw-away model: options, parse, checks.
+
+    Returns:
+        The parsed arguments and the checked data folder.
+    """
+    p.add_argument("--train-per-class", type=int, default=30,
+                   help="images per class of the subset the throw-away model is trained on")
+    add_weights(p)
+    add_repeats(p, default=repeats)
+    args = p.parse_args()
+    data = check_data(args.data)
+    quiet_tensorflow()
+    check_weights(args.backbone_weights)
+    return args, data
+
+
 def check_weights(spec: str) -> str:
     """Exit with triage's one-sentence message when the backbone weights can't be had."""
     from triage.errors import WeightsUnavailable

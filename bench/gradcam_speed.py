@@ -32,14 +32,7 @@ def main() -> int:
                    help="images per predict/heatmaps call on triage's side (as the scan)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest max-abs difference between the two normalised maps that counts as agreeing")
-    p.add_argument("--train-per-class", type=int, default=30,
-                   help="images per class of the subset the throw-away model is trained on")
-    C.add_weights(p)
-    C.add_repeats(p, default=5)
-    args = p.parse_args()
-    data = C.check_data(args.data)
-    C.quiet_tensorflow()
-    C.check_weights(args.backbone_weights)
+    args, data = C.parse_model_bench(p, repeats=5)
     import keras
     import numpy as np
 

@@ -25,14 +25,7 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=64,
                    help="model input size (the overlays keep each image's own size either way)")
     p.add_argument("--max-cases", type=int, default=200, help="write_pdf max_cases")
-    p.add_argument("--train-per-class", type=int, default=30,
-                   help="images per class of the subset the throw-away model is trained on")
-    C.add_weights(p)
-    C.add_repeats(p, default=3)
-    args = p.parse_args()
-    data = C.check_data(args.data)
-    C.quiet_tensorflow()
-    C.check_weights(args.backbone_weights)
+    args, data = C.parse_model_bench(p, repeats=3)
 
     from triage.report import write_html, write_pdf
     from triage.scan import ScanOptions, load_model, scan_folder

@@ -27,14 +27,7 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=256, help="model input size")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (both)")
     p.add_argument("--pdf", action="store_true", help="also render the PDF inside the timed scan")
-    p.add_argument("--train-per-class", type=int, default=30,
-                   help="images per class of the subset the throw-away model is trained on")
-    C.add_weights(p)
-    C.add_repeats(p, default=3)
-    args = p.parse_args()
-    data = C.check_data(args.data)
-    C.quiet_tensorflow()
-    C.check_weights(args.backbone_weights)
+    args, data = C.parse_model_bench(p, repeats=3)
     import numpy as np
 
     from triage.card import MODEL_FILE
