@@ -20,7 +20,7 @@ import numpy as np
 
 from triage.atomic import atomic_write
 from triage.errors import ImageLoadError
-from triage.images import read_image
+from triage.images import decode_file, read_file
 from triage.model import BackboneWeights
 from triage.preprocess import PREPROCESS_VERSION, resize_for_model
 from triage.stream import prefetch_map
@@ -123,10 +123,11 @@ def extract_features(
     from_cache = 0
 
     def load(index: int) -> tuple[str, np.ndarray | None]:
-        image = read_image(paths[index])
-        if cache is not None and cache.get(image.sha256) is not None:
-            return image.sha256, None  # known: no need to resize
-        return image.sha256, resize_for_model(image.pixels, image_size)
+        digest, data = read_file(paths[index])
+        if cache is not None and cache.get(digest) is not None:
+            return digest, None  # known: no need to decode
+        image = decode_file(paths[index], digest, data)
+        return digest, resize_for_model(image.pixels, image_size)
 
     pending: list[tuple[int, str, np.ndarray]] = []
 

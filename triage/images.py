@@ -206,8 +206,26 @@ def read_image(path: Path) -> LoadedImage:
             status. When the bytes were read, the error carries their hex
             digest as ``sha256``.
     """
+    digest, data = read_file(path)
+    return decode_file(path, digest, data)
+
+
+def read_file(path: Path) -> tuple[str, bytes]:
+    """A file's SHA-256 and bytes, read once, read-only (the first half of :func:`read_image`).
+
+    Raises:
+        ImageLoadError: the file cannot be opened or read, or is not a regular file.
+    """
     data = _read_bytes(path)
-    digest = hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def decode_file(path: Path, digest: str, data: bytes) -> LoadedImage:
+    """Decode bytes from :func:`read_file` (the second half of :func:`read_image`).
+
+    Raises:
+        ImageLoadError: the bytes are no image triage reads; it carries ``sha256``.
+    """
     try:
         pixels, fmt = decode_bytes(data, suffix=path.suffix.lower())
     except ImageLoadError as err:
