@@ -60,12 +60,29 @@ def test_gradcam_on_the_real_vgg19_classifier(trained_model: Path) -> None:
 
 
 def test_negative_target_explains_the_other_class(tmp_path: Path) -> None:
+    """sign=-1 gives ReLU(-raw map) where sign=+1 gives ReLU(raw map): disjoint supports."""
+    import keras
+    import tensorflow as tf
+
     model = _small_model(tmp_path, reload=False)
     images = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    positive = GradCam(model).heatmaps(GradCam(model).predict(images)[0])
-    cam = GradCam(model, target=Target(sign=-1.0))
-    negative = cam.heatmaps(cam.predict(images)[0])
-    assert not np.allclose(positive, negative)
+    outputs = [model.get_layer("block5_conv4").output, model.get_layer("logit").output]
+    probe = keras.Model(model.input, outputs)
+    with tf.GradientTape() as tape:
+        activations, logit = probe(images, training=False)
+        score = tf.reduce_sum(logit)
+    grads = tape.gradient(score, activations)
+    raw = np.einsum("nhwc,nc->nhw", np.asarray(activations), np.asarray(grads).mean(axis=(1, 2)))
+    assert (raw > 0).any() and (raw < 0).any()
+
+    maps = {}
+    for sign in (1.0, -1.0):
+        cam = GradCam(model, target=Target(sign=sign))
+        maps[sign] = cam.heatmaps(cam.predict(images)[0])
+    np.testing.assert_allclose(maps[1.0], normalise(np.maximum(raw, 0)), atol=1e-5)
+    np.testing.assert_allclose(maps[-1.0], normalise(np.maximum(-raw, 0)), atol=1e-5)
+    assert not ((maps[1.0] > 0) & (maps[-1.0] > 0)).any()
+    assert maps[-1.0].max() == 1.0
 
 
 def test_cam_layer_is_checked(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Custom Keras layers of the saved model (imported only where Keras is needed)."""
+"""Custom Keras layers found in older saved models (imported only to load them)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from typing import Any
 
 import keras
 
-# Caffe-style VGG preprocessing, as keras.applications.vgg19.preprocess_input.
-VGG_BGR_MEAN = (103.939, 116.779, 123.68)
+from triage.model import VGG_BGR_MEAN
 
 
 @keras.saving.register_keras_serializable(package="triage")
 class CaffePreprocess(keras.layers.Layer):
     """RGB 0..255 -> BGR minus the ImageNet mean: ``vgg19.preprocess_input`` as a layer.
 
-    A registered layer rather than a Lambda, so that the saved model loads in safe mode.
+    Kept only so that models saved with it still load in triage; new models use the
+    built-in 1x1 convolution of :func:`triage.model.preprocess_layer` instead.
     """
 
     def call(self, inputs: Any) -> Any:

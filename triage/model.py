@@ -3,7 +3,8 @@
 The whole network is one chain of layers (preprocessing, the VGG19 blocks by
 their usual names, ``features`` = global average pooling, the head, ``logit``,
 ``probability``), so feature extraction, scanning and Grad-CAM are sub-graphs
-of the saved model rather than copies of it.
+of the saved model rather than copies of it. Only built-in Keras layers, so
+``model.keras`` loads with plain ``keras.models.load_model``, without triage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 CAM_LAYER = "block5_conv4"
 FEATURE_LAYER = "features"
 LOGIT_LAYER = "logit"
+PREPROCESS_LAYER = "vgg19_preprocess"
+VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # Caffe-style, as keras.applications.vgg19.preprocess_input
 IMAGENET_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + IMAGENET_WEIGHTS_FILE
@@ -116,9 +119,24 @@ def resolve_backbone_weights(spec: str, seed: int = 0) -> BackboneWeights:
 def _keras() -> Any:
     import keras
 
-    import triage.layers  # noqa: F401  registers the custom layers for saving and loading
-
     return keras
+
+
+def preprocess_layer() -> "keras.layers.Layer":
+    """``vgg19.preprocess_input`` as a frozen built-in 1x1 convolution: RGB -> BGR minus the mean.
+
+    A built-in layer, so the saved model loads in any Keras without triage. Every output
+    channel is one input channel times 1 (the rest times 0) plus a bias, which is exact in
+    float32.
+    """
+    import numpy as np
+
+    keras = _keras()
+    layer = keras.layers.Conv2D(3, 1, name=PREPROCESS_LAYER, trainable=False)
+    layer.build((None, None, None, 3))
+    kernel = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)  # input channel i -> output 2 - i
+    layer.set_weights([kernel, -np.asarray(VGG_BGR_MEAN, dtype=np.float32)])
+    return layer
 
 
 def build_backbone(image_size: int, weights: BackboneWeights) -> "keras.Model":
@@ -142,9 +160,7 @@ def build_backbone(image_size: int, weights: BackboneWeights) -> "keras.Model":
             f"Backbone weights file {weights.path} is not VGG19 notop weights: {exc}"
         ) from exc
     image = keras.Input((image_size, image_size, 3), name="image")
-    from triage.layers import CaffePreprocess
-
-    x = CaffePreprocess(name="vgg19_preprocess")(image)
+    x = preprocess_layer()(image)
     for layer in vgg.layers[1:]:  # a plain chain: copy it into one flat graph
         layer.trainable = False
         x = layer(x)
@@ -183,12 +199,13 @@ def assemble(extractor: "keras.Model", head: "keras.Model") -> "keras.Model":
 
 
 def load_classifier(path: Path) -> "keras.Model":
-    """Load a saved ``.keras`` classifier (no network needed).
+    """Load a saved ``.keras`` classifier (no network needed), older ones with CaffePreprocess too.
 
     Raises:
         ModelError: the file is missing or not a triage classifier.
     """
     keras = _keras()
+    import triage.layers  # noqa: F401  registers CaffePreprocess, the preprocessing of older models
     if not path.is_file():
         raise ModelError(f"Model file {path} does not exist.")
     try:
