@@ -1,0 +1,103 @@
+"""Quiet runs: the libraries' start-up chatter off the console, one-line summaries.
+
+Under cron every line on stdout or stderr is mailed. Unless ``verbose``,
+TensorFlow's C++ start-up lines are discarded and the Python log records and
+warnings of TensorFlow, absl, Keras and the other libraries go to the log file
+only (WARNING and above), never to the console. With ``verbose`` the libraries
+print as they do by default.
+
+TensorFlow's C++ lines and what silences each:
+
+- ``I... cpu_feature_guard.cc] This TensorFlow binary is optimized to use ...``,
+  ``E... cuda_platform.cc] failed call to cuInit`` (a machine without a GPU), and on
+  a GPU the device, cuDNN and XLA lines (``Created device``, ``Loaded cuDNN
+  version``, ``Compiled cluster using XLA``):
+  ``TF_CPP_MIN_LOG_LEVEL=3`` (2 still lets the ``E`` lines through).
+- ``WARNING: All log messages before absl::InitializeLog() is called are written
+  to STDERR``, ``I... port.cc] oneDNN custom operations are on``, ``I...
+  cudart_stub.cc] Could not find cuda drivers``, and on a GPU ``E... Unable to
+  register cuDNN/cuFFT/cuBLAS factory``, ``computation_placer.cc]`` and ``TF-TRT``: these
+  are written while TensorFlow's libraries load, before absl logging is set up,
+  and no environment variable silences them (``TF_CPP_MIN_LOG_LEVEL`` is not yet
+  read; ``TF_ENABLE_ONEDNN_OPTS=0`` would hide the oneDNN line only by changing the
+  arithmetic). They are discarded by pointing file descriptor 2 at a temporary
+  file while TensorFlow is imported; if the import fails, that text is written to
+  stderr after all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+_handlers: list[logging.Handler] = []
+
+
+class _OneLine(logging.Formatter):
+    """Log-file lines for library records: one line each, like the rest of the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(part.strip() for part in super().format(record).splitlines() if part.strip())
+
+
+def silence_libraries(verbose: bool, log_file: Path | None = None) -> None:
+    """Route library messages; call before TensorFlow is imported (then it imports it)."""
+    root = logging.getLogger()
+    for handler in _handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _handlers.clear()
+    if verbose:
+        _handlers.append(logging.StreamHandler(sys.stderr))
+        _handlers[-1].setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    if log_file:
+        _handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        _handlers[-1].setFormatter(_OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not _handlers:
+        _handlers.append(logging.NullHandler())
+    for handler in _handlers:
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)  # a root handler also stops TensorFlow adding its own stderr one
+    logging.captureWarnings(not verbose)  # warnings.warn -> the "py.warnings" logger -> the log file
+    if verbose:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" not in sys.modules:
+        _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly() -> None:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401  (imports TensorFlow)
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def metric_summary(metrics: Mapping[str, Any],
+                   names: tuple[str, ...] = ("accuracy", "roc_auc", "sensitivity", "specificity")) -> str:
+    """``accuracy 0.900 [0.786, 0.957], roc_auc ...``: metrics with their 95% CIs, for one summary line."""
+    parts = []
+    for name in names:
+        metric = metrics[name]
+        if metric.get("value") is None:
+            parts.append(f"{name} n/a")
+        elif metric.get("ci_low") is None:
+            parts.append(f"{name} {metric['value']:.3f}")
+        else:
+            parts.append(f"{name} {metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]")
+    return ", ".join(parts)
