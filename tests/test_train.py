@@ -49,16 +49,16 @@ def test_split_matches_keras_on_shared_set() -> None:
 def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
     card = read_card(trained_model)
     assert {p.name for p in trained_model.iterdir()} == {MODEL_FILE, CARD_FILE, CURVES_FILE}
-    assert card["validation_metrics"]["accuracy"]["value"] >= 0.9
-    assert card["validation_metrics"]["roc_auc"]["value"] >= 0.9
-    assert len(card["history"]["val_accuracy"]) == 40
-    assert card["split"]["train"]["n"] + card["split"]["validation"]["n"] == 80
-    assert card["split"]["validation"]["n"] == 16
-    assert card["hyperparameters"]["l2"] == 0.01 and card["hyperparameters"]["dropout"] == 0.35
-    assert card["backbone"]["weights"] == "random" and "RANDOM BACKBONE" in card["warning"]
-    assert card["data"]["class_names"] == {"negative": "no", "positive": "yes"}
+    assert card.validation_metrics["accuracy"]["value"] >= 0.9
+    assert card.validation_metrics["roc_auc"]["value"] >= 0.9
+    assert len(card.history["val_accuracy"]) == 40
+    assert card.split.train.n + card.split.validation.n == 80
+    assert card.split.validation.n == 16
+    assert card.hyperparameters.l2 == 0.01 and card.hyperparameters.dropout == 0.35
+    assert card.backbone.weights == "random" and "RANDOM BACKBONE" in card.warning
+    assert (card.data.class_names.negative, card.data.class_names.positive) == ("no", "yes")
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
-        metric = card["validation_metrics"][name]
+        metric = card.validation_metrics[name]
         assert metric["ci_low"] <= metric["value"] <= metric["ci_high"], name
     assert (trained_model / CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +74,7 @@ def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dat
     model = load_classifier(trained_model / MODEL_FILE)
     card = read_card(trained_model)
     cache = FeatureCache(default_cache_dir(), resolve_backbone_weights("random", 1337), IMAGE_SIZE)
-    files = [blob_dataset / p for p in card["split"]["validation_files"]]
+    files = [blob_dataset / p for p in card.split.validation_files]
     images = [read_image(p) for p in files]
     kept = np.stack([cache.get(image.sha256) for image in images])
     names = [layer.name for layer in model.layers]
@@ -91,31 +91,32 @@ def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path: Path, blob_dataset: Pa
                                                 trained_model: Path) -> None:
     config = TrainConfig(epochs=2, image_size=IMAGE_SIZE, backbone_weights="random")
     first = train_model(blob_dataset, tmp_path / "a", config)
-    assert first.card["features"]["from_cache"] == 80  # trained_model filled the cache
-    cache_file = Path(first.card["features"]["cache"])
+    assert first.card.features.from_cache == 80  # trained_model filled the cache
+    cache_file = Path(first.card.features.cache)
     cache_file.write_bytes(cache_file.read_bytes()[:200])  # truncate it
     rebuilt = train_model(blob_dataset, tmp_path / "b", config)
-    assert rebuilt.card["features"]["from_cache"] == 0
-    assert rebuilt.card["features"]["extracted"] == 80
+    assert rebuilt.card.features.from_cache == 0
+    assert rebuilt.card.features.extracted == 80
     again = train_model(blob_dataset, tmp_path / "c", TrainConfig(
         epochs=2, image_size=IMAGE_SIZE, backbone_weights="random", learning_rate=1e-2))
-    assert again.card["features"]["from_cache"] == 80
+    assert again.card.features.from_cache == 80
 
 
 def test_no_cache_option(tmp_path: Path, blob_dataset: Path) -> None:
     result = train_model(blob_dataset, tmp_path / "m", TrainConfig(
         epochs=1, image_size=IMAGE_SIZE, backbone_weights="random", cache=False))
-    assert result.card["features"] == {"extracted": 80, "from_cache": 0, "cache": None}
+    features = result.card.features
+    assert (features.extracted, features.from_cache, features.cache) == (80, 0, None)
 
 
 def test_target_sensitivity_and_folds(tmp_path: Path, blob_dataset: Path, trained_model: Path) -> None:
     result = train_model(blob_dataset, tmp_path / "m", TrainConfig(
         epochs=5, image_size=IMAGE_SIZE, backbone_weights="random", target_sensitivity=0.75, folds=4))
     card = result.card
-    assert "0.75" in card["threshold_rule"]
-    assert card["validation_metrics"]["threshold"] == card["threshold"]
-    assert card["validation_metrics"]["sensitivity"]["value"] >= 0.75
-    cv = card["cross_validation"]
+    assert "0.75" in card.threshold_rule
+    assert card.validation_metrics["threshold"] == card.threshold
+    assert card.validation_metrics["sensitivity"]["value"] >= 0.75
+    cv = card.cross_validation
     assert cv["folds"] == 4 and cv["metrics"]["n"] == 80
     assert sum(cv["metrics"]["confusion_matrix"].values()) == 80
 
@@ -127,10 +128,10 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
     (root / "no" / "notes.txt").write_text("hello")
     result = train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
                                                             backbone_weights="random"))
-    skipped = {row["path"]: row["status"] for row in result.card["data"]["skipped"]}
+    skipped = {row["path"]: row["status"] for row in result.card.data.skipped}
     assert skipped == {"yes/broken.png": "unreadable", "no/empty.jpg": "empty"}
-    assert result.card["data"]["n_images"] == 24
-    assert {"path": "no/notes.txt", "reason": "not an image file name"} in result.card["data"]["ignored"]
+    assert result.card.data.n_images == 24
+    assert {"path": "no/notes.txt", "reason": "not an image file name"} in result.card.data.ignored
 
 
 def test_local_weights_file(tmp_path: Path, blob_dataset: Path) -> None:
@@ -143,8 +144,8 @@ def test_local_weights_file(tmp_path: Path, blob_dataset: Path) -> None:
     keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     result = train_model(blob_dataset, tmp_path / "m", TrainConfig(
         epochs=1, image_size=IMAGE_SIZE, backbone_weights=str(weights)))
-    assert result.card["backbone"]["weights_sha256"] == sha256_file(weights)
-    assert result.card["backbone"]["weights"] == f"file:{weights.resolve()}"
+    assert result.card.backbone.weights_sha256 == sha256_file(weights)
+    assert result.card.backbone.weights == f"file:{weights.resolve()}"
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -174,8 +175,8 @@ def test_positive_option_renames_classes(tmp_path: Path) -> None:
     (root / "no").rename(root / "healthy")
     result = train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
                                                             backbone_weights="random", positive="tumour"))
-    assert result.card["data"]["class_names"] == {"negative": "healthy", "positive": "tumour"}
-    assert result.card["split"]["train"]["positive"] + result.card["split"]["validation"]["positive"] == 10
+    assert (result.card.data.class_names.negative, result.card.data.class_names.positive) == ("healthy", "tumour")
+    assert result.card.split.train.positive + result.card.split.validation.positive == 10
 
 
 def test_output_folder_not_empty_is_refused(tmp_path: Path, blob_dataset: Path) -> None:

@@ -315,7 +315,7 @@ def test_sigkill_at_any_point_keeps_the_previous_outputs(cli: Cli, tmp_path: Pat
         return lambda: inode(path) != old
 
     def scanning() -> Callable[[], bool]:
-        ready = log_says("--full: scanning everything")
+        ready = log_says("full rescan asked for: scanning everything")
         since: list[float] = []
 
         def predicate() -> bool:  # 0.3 s into the scan
@@ -565,7 +565,7 @@ def test_unusable_state_means_a_full_rescan_with_a_warning(incremental: Incremen
 def test_garbage_state_files_are_never_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                request: pytest.FixtureRequest) -> None:
     """In-process, over many shapes of garbage: no exception, nothing reused, a warning each time."""
-    from triage.run import STATE_SCHEMA_VERSION, load_state
+    from triage.state import STATE_SCHEMA_VERSION, load_state
 
     settings = {"model_sha256": "ab", "threshold": 0.5}
     good_row = {"path": "a.png", "status": "ok", "sha256": "cd" * 32, "reason": "", "probability": 0.25,

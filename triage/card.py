@@ -1,19 +1,29 @@
-"""Model folders and their cards: find, read and summarise a trained model."""
+"""The model card: a typed, frozen record of how a model was made, and its file.
+
+``triage train`` writes it beside ``model.keras``; scan, evaluate and the CLI
+read it through :func:`read_card` only, so every field is looked up by name in
+this module and nowhere else.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from triage.atomic import atomic_write_text
 from triage.errors import ModelError
-from triage.results import ModelSummary
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 CURVES_FILE = "training_curves.png"
 CARD_SCHEMA_VERSION = 1
+RANDOM_WARNING = "RANDOM BACKBONE: built for tests and smoke runs only; its scores mean nothing."
 
 
 def models_root() -> Path:
@@ -21,80 +31,175 @@ def models_root() -> Path:
     return Path(os.environ.get("TRIAGE_MODELS") or "models")
 
 
-def find_model(model: str | Path | None = None) -> Path:
-    """The model folder to use: ``model``, ``$TRIAGE_MODEL``, or the newest under :func:`models_root`.
+@dataclass(frozen=True)
+class Backbone:
+    weights: str  # "imagenet", "random" or "file:PATH"
+    weights_sha256: str
+    architecture: str = "VGG19"
+    include_top: bool = False
+    frozen: bool = True
 
-    ``model`` may name a model folder or its ``model.keras`` file.
 
-    Raises:
-        ModelError: nothing usable is found.
+@dataclass(frozen=True)
+class ClassNames:
+    negative: str
+    positive: str
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    path: str
+    fingerprint: str
+    class_names: ClassNames
+    n_images: int
+    n_indexed: int
+    skipped: tuple[dict[str, str], ...] = ()  # {"path", "status", "reason"}
+    ignored: tuple[dict[str, str], ...] = ()  # {"path", "reason"}
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    n: int
+    positive: int
+    negative: int
+
+
+@dataclass(frozen=True)
+class Split:
+    method: str
+    val_split: float
+    seed: int
+    train: ClassCounts
+    validation: ClassCounts
+    validation_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    l2: float
+    dropout: float
+    dense_units: tuple[int, ...]
+    seed: int
+    optimizer: str = "Adam"
+    loss: str = "binary_crossentropy"
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    extracted: int
+    from_cache: int
+    cache: str | None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything known about a trained model (``schema_version`` :data:`CARD_SCHEMA_VERSION`).
+
+    ``validation_metrics`` and ``cross_validation`` hold what
+    :func:`triage.metrics.binary_metrics` returns: per metric a value, its 95%
+    interval and n.
     """
-    chosen = model or os.environ.get("TRIAGE_MODEL")
-    if chosen:
-        path = Path(chosen).expanduser()
-        folder = path.parent if path.is_file() else path
-        if not (folder / MODEL_FILE).is_file():
-            raise ModelError(f"No model at {chosen}: expected a folder holding {MODEL_FILE} "
-                             f"and {CARD_FILE}, as written by `triage train`.")
-        return folder
-    root = models_root()
-    candidates = sorted(
-        (p for p in root.glob(f"*/{CARD_FILE}") if (p.parent / MODEL_FILE).is_file()),
-        key=lambda p: (_created_at(p), p.parent.name),
-    ) if root.is_dir() else []
-    if not candidates:
-        raise ModelError(f"No trained model found under {root.resolve()}: run `triage train "
-                         f"DATA_DIR` first, or pass --model.")
-    return candidates[-1].parent
+
+    model_id: str
+    tool_version: str
+    created_at: str
+    backbone: Backbone
+    cam_layer: str
+    image_size: int
+    threshold: float
+    threshold_rule: str
+    data: TrainingData
+    split: Split
+    hyperparameters: Hyperparameters
+    validation_metrics: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    cross_validation: dict[str, Any] | None = None
+    features: FeatureStats | None = None
+    preprocessing: str = ("decode as RGB, resize bilinear (no antialias, aspect not kept), "
+                          "vgg19 caffe preprocess_input inside the model")
+    model_file: str = MODEL_FILE
+    warning: str | None = None
+    schema_version: int = CARD_SCHEMA_VERSION
+
+    @property
+    def random_backbone(self) -> bool:
+        return self.backbone.weights == "random"
+
+    def metric(self, name: str) -> tuple[float, float, float, int] | None:
+        """A validation metric as (value, CI low, CI high, n), or None when it was not defined."""
+        found = self.validation_metrics.get(name) or {}
+        if found.get("value") is None:
+            return None
+        return (found["value"], found["ci_low"], found["ci_high"], found["n"])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
 
-def _created_at(card_path: Path) -> str:
-    try:
-        return str(json.loads(card_path.read_text(encoding="utf-8")).get("created_at", ""))
-    except (OSError, ValueError):
-        return ""
+def write_card(card: ModelCard, folder: Path) -> None:
+    atomic_write_text(folder / CARD_FILE, card.to_json())
 
 
-def read_card(folder: Path) -> dict[str, Any]:
+def read_card(folder: Path) -> ModelCard:
     """The model card of a model folder.
 
     Raises:
-        ModelError: the card is missing or not valid JSON.
+        ModelError: the card is missing, unreadable, of another schema, or incomplete.
     """
     path = folder / CARD_FILE
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelError(f"Model folder {folder} has no {CARD_FILE}.") from exc
     except (OSError, ValueError) as exc:
         raise ModelError(f"Model card {path} cannot be read: {exc}.") from exc
-    if not isinstance(card, dict) or "image_size" not in card or "threshold" not in card:
-        raise ModelError(f"Model card {path} lacks image_size or threshold.")
-    return card
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != CARD_SCHEMA_VERSION:
+        raise ModelError(_schema_message(path, version))
+    try:
+        return _build(ModelCard, raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"Model card {path} is incomplete or malformed ({exc}): train the model "
+                         f"again with this version of triage.") from exc
 
 
-def _metric(card: dict[str, Any], name: str) -> tuple[float, float, float, int] | None:
-    metric = (card.get("validation_metrics") or {}).get(name) or {}
-    if metric.get("value") is None:
-        return None
-    return (metric["value"], metric["ci_low"], metric["ci_high"], metric["n"])
+def _schema_message(path: Path, version: object) -> str:
+    if isinstance(version, int) and version > CARD_SCHEMA_VERSION:
+        return (f"Model card {path} has schema version {version}, newer than this triage reads "
+                f"({CARD_SCHEMA_VERSION}): upgrade triage to use this model.")
+    return (f"Model card {path} is not a triage model card of schema {CARD_SCHEMA_VERSION} "
+            f"(schema_version {version!r}): train the model again with this version of triage.")
 
 
-def summarise(folder: Path, card: dict[str, Any], model_sha256: str) -> ModelSummary:
-    """The facts of a model that a report shows."""
-    data = card.get("data", {})
-    trained_on = f"{data.get('path', '?')} ({data.get('n_images', '?')} images, " \
-                 f"{'/'.join((data.get('class_names') or {}).values()) or '?'})"
-    return ModelSummary(
-        id=card.get("model_id", folder.name),
-        path=str(folder.resolve()),
-        sha256=model_sha256,
-        version=str(card.get("tool_version", "?")),
-        threshold=float(card["threshold"]),
-        image_size=int(card["image_size"]),
-        backbone_weights=str(card.get("backbone", {}).get("weights", "?")),
-        trained_on=trained_on,
-        trained_at=str(card.get("created_at", "?")),
-        val_sensitivity=_metric(card, "sensitivity"),
-        val_specificity=_metric(card, "specificity"),
-    )
+def _build(cls: type, data: Any) -> Any:
+    """A dataclass from parsed JSON, recursing into nested records; missing fields raise KeyError."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in data:
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                raise KeyError(item.name)
+            continue
+        values[item.name] = _convert(hints[item.name], data[item.name])
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError("a required field is null")
+    kind = options[0]
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value)
+    if typing.get_origin(kind) is tuple:
+        return tuple(value)
+    if kind in (int, float, str, bool) and not isinstance(value, kind if kind is not float else (int, float)):
+        raise ValueError(f"{value!r} is not a {kind.__name__}")
+    return value

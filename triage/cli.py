@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
+from time import monotonic
 from typing import Any, Callable
 
 import click
 
 from triage import RESEARCH_NOTICE, __version__
-from triage.errors import LockHeld, ModelError, TriageError
+from triage.errors import LockHeld, ModelError, Stopped, TriageError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -35,7 +35,8 @@ Exit codes:
   {EXIT_USAGE}   usage error: bad option, missing or unusable folder
   {EXIT_MODEL}   model error: no model found, unreadable model, backbone weights unavailable
   {EXIT_LOCKED}   another run holds the lock on the same outputs (see --wait)
-  {EXIT_INTERRUPTED}   interrupted by SIGINT/SIGTERM: outputs written for what was scored
+  {EXIT_INTERRUPTED}   stopped by SIGINT/SIGTERM: a scan that had begun wrote its outputs for
+      what was scored (the rest not_scanned); otherwise nothing was written (the message says which)
   {EXIT_INTERNAL}  internal error (a bug: please report it with the log)
 """
 
@@ -50,8 +51,18 @@ def _exit_code(error: TriageError) -> int:
     return EXIT_USAGE
 
 
-def _setup_logging(quiet: bool, log_file: Path | None) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter
+def error_message(error: TriageError) -> str:
+    """The library's sentence, with the flag that sets the setting at fault."""
+    text = str(error)
+    if not error.option:
+        return text
+    flag = "--" + error.option.replace("_", "-")
+    return f"{text.rstrip('.')} ({flag})."
+
+
+def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool = False) -> None:
+    from triage.quiet import silence_libraries
+
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False
@@ -64,6 +75,7 @@ def _setup_logging(quiet: bool, log_file: Path | None) -> None:
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
+    silence_libraries(verbose, log_file)  # before TensorFlow is imported
 
 
 def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
@@ -74,8 +86,11 @@ def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         try:
             code = command(*args, **kwargs) or EXIT_OK
         except TriageError as error:
-            log.error("%s", error)  # the console handler shows errors even with --quiet
+            log.error("%s", error_message(error))  # the console handler shows errors even with --quiet
             sys.exit(_exit_code(error))
+        except Stopped as stopped:
+            log.error("Stopped: %s.", stopped.what)
+            sys.exit(EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was changed.", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -113,18 +128,40 @@ class Progress:
             self.bar = None
 
 
+class _StopFlag:
+    """SIGINT/SIGTERM: the first asks the scan to stop after the current batch."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self) -> bool:
+        return self.stopping
+
+    def install(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.stopping and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
+            self.stopping = True
+            log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _interactive(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
 def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--batch-size, --quiet, --log-file, shared by every command."""
+    """--batch-size, --quiet, --log-file, --verbose, shared by every command."""
     for option in reversed([
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Images per forward pass [train: 32, scan/evaluate: 16]."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars; only errors and the summary."),
         click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Append a timestamped log of the run to this file."),
+        click.option("--verbose", is_flag=True,
+                     help="Also show TensorFlow's and the other libraries' messages on stderr."),
     ]):
         command = option(command)
     return command
@@ -141,6 +178,14 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ]):
         command = option(command)
     return command
+
+
+def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--device, shared by scan and evaluate."""
+    return click.option(
+        "--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+        help="auto uses a GPU when TensorFlow sees one (mixed precision + XLA), else CPU (fp32).",
+    )(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -186,7 +231,7 @@ def main() -> None:
 def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_split: float, seed: int,
           learning_rate: float, l2: float, dropout: float, threshold: float,
           target_sensitivity: float | None, folds: int | None, positive: str, backbone_weights: str,
-          no_cache: bool, batch_size: int | None, quiet: bool, log_file: Path | None) -> int:
+          no_cache: bool, batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
     """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
 
     The frozen backbone runs once per image (features are cached); the head
@@ -197,8 +242,10 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
     Example:
       triage train ../brain_tumor_dataset --epochs 30
     """
-    _setup_logging(quiet, log_file)
+    started = monotonic()
+    _setup_logging(quiet, log_file, verbose)
     from triage.metrics import format_metric
+    from triage.quiet import metric_summary
     from triage.train import TrainConfig, train_model
 
     config = TrainConfig(
@@ -219,29 +266,38 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
                        f"val_acc {logs.get('val_accuracy', 0):.3f}", err=True)
 
     log.info("train %s", data_dir)
+    stop = _StopFlag()
+    stop.install()
     try:
-        result = train_model(data_dir, out, config, progress=bar.update, on_start=bar.start,
-                             on_epoch=on_epoch)
+        result = train_model(data_dir, out, config, should_stop=stop, progress=bar.update,
+                             on_start=bar.start, on_epoch=on_epoch)
     finally:
         bar.close()
     card = result.card
-    metrics = card["validation_metrics"]
-    if card.get("warning"):
-        click.echo(f"WARNING: {card['warning']}", err=True)
-    skipped = card["data"]["skipped"]
-    click.echo(f"model: {result.out_dir}")
-    click.echo(f"images: {card['data']['n_images']} ({card['split']['train']['n']} train, "
-               f"{card['split']['validation']['n']} validation), {len(skipped)} skipped")
-    for row in skipped:
-        click.echo(f"  skipped {row['path']}: {row['reason']}")
-    click.echo(f"threshold: {card['threshold']:.4f} ({card['threshold_rule']})")
-    for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
-        click.echo(f"  validation {name:<12} {format_metric(metrics[name])}")
-    if card.get("cross_validation"):
-        cv = card["cross_validation"]["metrics"]
-        click.echo(f"  {card['cross_validation']['folds']}-fold accuracy   {format_metric(cv['accuracy'])}")
-        click.echo(f"  {card['cross_validation']['folds']}-fold roc_auc    {format_metric(cv['roc_auc'])}")
-    log.info("trained %s: validation accuracy %.3f", result.out_dir, metrics["accuracy"]["value"])
+    metrics = card.validation_metrics
+    if card.warning:
+        log.warning("%s", card.warning)  # stderr unless --quiet; always the log file
+    skipped = card.data.skipped
+    images = (f"{card.data.n_images} images ({card.split.train.n} train, "
+              f"{card.split.validation.n} validation), {len(skipped)} skipped")
+    if not quiet:
+        click.echo(f"model: {result.out_dir}")
+        click.echo(f"images: {images}")
+        for row in skipped:
+            click.echo(f"  skipped {row['path']}: {row['reason']}")
+        click.echo(f"threshold: {card.threshold:.4f} ({card.threshold_rule})")
+        for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
+            click.echo(f"  validation {name:<12} {format_metric(metrics[name])}")
+        if card.cross_validation:
+            cv = card.cross_validation["metrics"]
+            folds = card.cross_validation["folds"]
+            click.echo(f"  {folds}-fold accuracy   {format_metric(cv['accuracy'])}")
+            click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
+    summary = (f"triage train {data_dir}: model {result.out_dir}, {images}; "
+               f"validation {metric_summary(metrics)}; threshold {card.threshold:.3f}; "
+               f"{monotonic() - started:.1f} s")
+    log.info("%s", summary)
+    click.echo(summary)
     return EXIT_OK
 
 
@@ -252,10 +308,13 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
               help="Folder for metrics.json, predictions.csv, roc_curve.png, confusion_matrix.png "
                    "[default: ./evaluation-<model id>].")
 @click.option("--positive", default="yes", show_default=True, help="Name of the tumour class sub-folder.")
+@click.option("--force", is_flag=True, help="Replace an earlier evaluation in the --out folder.")
+@device_option
 @runtime_options
 @handle_errors
 def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Path | None,
-             positive: str, batch_size: int | None, quiet: bool, log_file: Path | None) -> int:
+             positive: str, force: bool, device: str, batch_size: int | None, quiet: bool,
+             log_file: Path | None, verbose: bool) -> int:
     """Measure a model on DATA_DIR (labelled like the training folder).
 
     Prints accuracy, ROC AUC, sensitivity, specificity, precision and F1 with
@@ -266,47 +325,42 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
     Example:
       triage evaluate ./labelled_folder --model models/vgg19-20261125-101500-ab12cd
     """
-    _setup_logging(quiet, log_file)
+    started = monotonic()
+    _setup_logging(quiet, log_file, verbose)
     from triage.evaluate import evaluate_model
     from triage.metrics import format_metric
+    from triage.quiet import metric_summary
 
     bar = Progress(_interactive(quiet), desc="evaluate")
+    stop = _StopFlag()
+    stop.install()
     try:
         result = evaluate_model(data_dir, out, model=model, threshold=threshold, positive=positive,
-                                batch_size=batch_size or 16, on_start=bar.start, progress=bar.update)
+                                batch_size=batch_size or 16, device=device, force=force,
+                                should_stop=stop, on_start=bar.start, progress=bar.update)
     finally:
         bar.close()
     metrics = result.metrics
-    click.echo(f"model: {result.report['model']['id']}   threshold {metrics['threshold']:.4f}   "
-               f"n = {metrics['n']}")
-    for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
-        click.echo(f"  {name:<12} {format_metric(metrics[name])}")
+    skipped = result.report["data"]["skipped"]
+    for row in skipped:
+        log.warning("skipped %s: %s", row["path"], row["reason"])
+    if result.report["model"].get("backbone_weights") == "random":
+        log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
     cm = metrics["confusion_matrix"]
-    click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
-    for row in result.report["data"]["skipped"]:
-        click.echo(f"  skipped {row['path']}: {row['reason']}")
-    click.echo(f"written: {result.out_dir}")
+    if not quiet:
+        click.echo(f"model: {result.report['model']['id']}   threshold {metrics['threshold']:.4f}   "
+                   f"n = {metrics['n']}")
+        for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
+            click.echo(f"  {name:<12} {format_metric(metrics[name])}")
+        click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+        click.echo(f"written: {result.out_dir}")
+    summary = (f"triage evaluate {data_dir}: model {result.report['model']['id']}, {metrics['n']} images, "
+               f"{len(skipped)} skipped; {metric_summary(metrics)}; "
+               f"TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
+               f"threshold {metrics['threshold']:.3f}; {monotonic() - started:.1f} s -> {result.out_dir}")
+    log.info("%s", summary)
+    click.echo(summary)
     return EXIT_OK
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM: the first asks the scan to stop after the current batch."""
-
-    def __init__(self) -> None:
-        self.stopping = False
-
-    def __call__(self) -> bool:
-        return self.stopping
-
-    def install(self) -> None:
-        def handler(signum: int, frame: Any) -> None:
-            if self.stopping and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
-            self.stopping = True
-            log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -320,8 +374,7 @@ class _StopFlag:
               show_default=True, help="Which scans get a Grad-CAM heat map.")
 @click.option("--max-report-cases", type=click.IntRange(min=1), default=200, show_default=True,
               help="Flagged scans shown in the PDF at most (the HTML and CSV hold all).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="auto uses a GPU when TensorFlow sees one (mixed precision + XLA), else CPU (fp32).")
+@device_option
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
@@ -329,7 +382,7 @@ class _StopFlag:
 @handle_errors
 def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, threshold: float | None,
          explain: str, max_report_cases: int, device: str, full: bool, wait: float,
-         batch_size: int | None, quiet: bool, log_file: Path | None) -> int:
+         batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
     """Score every image under INPUT_DIR; write the CSV and the HTML/PDF report.
 
     Every file found gets a CSV row: `ok` with a probability, or an error status
@@ -341,9 +394,9 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     Example:
       triage scan ./incoming --out reports/report.pdf
     """
-    _setup_logging(quiet, log_file)
+    _setup_logging(quiet, log_file, verbose)
     from triage.run import run_scan
-    from triage.scan import ScanOptions
+    from triage.scoring import ScanOptions
 
     stop = _StopFlag()
     stop.install()
@@ -365,9 +418,10 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
                + f" -> {paths.pdf or paths.html}")
     log.info("%s", summary)
     click.echo(summary)
-    if result.model.random_backbone:
-        click.echo("WARNING: the model has a RANDOM backbone (tests only); its scores mean nothing.",
-                   err=True)
+    if result.model.random_backbone:  # warnings: stderr unless --quiet; always the log file
+        log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
+    if counts["failed"]:
+        log.warning("%d files could not be read: the CSV says which and why", counts["failed"])
     if not quiet:
         click.echo(RESEARCH_NOTICE, err=True)
     if result.interrupted:

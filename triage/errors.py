@@ -1,10 +1,19 @@
-"""Typed errors of the library; the CLI maps each family to one exit code."""
+"""Typed errors of the library; the CLI maps each family to one exit code.
+
+Messages speak of the library's own settings, never of command-line flags:
+``option`` names the setting at fault (``"threshold"``), and the CLI adds the
+flag that sets it.
+"""
 
 from __future__ import annotations
 
 
 class TriageError(Exception):
     """Base of every error a user can cause or fix; its message is one clear sentence."""
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class UsageError(TriageError):
@@ -29,6 +38,14 @@ class CamLayerNotFound(ModelError):
 
 class LockHeld(TriageError):
     """Another run holds the lock on the same outputs."""
+
+
+class Stopped(Exception):
+    """A stop was asked for (SIGINT/SIGTERM) before anything was written; ``what`` says what was kept."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 class ImageLoadError(TriageError):

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from triage.atomic import atomic_write
-from triage.errors import ImageLoadError
+from triage.errors import Stopped
 from triage.images import decode_file, read_file
 from triage.model import BackboneWeights
+from triage.predictor import Decoded, Stop, predict
 from triage.preprocess import PREPROCESS_VERSION, resize_for_model
-from triage.stream import prefetch_map
 
 if TYPE_CHECKING:
     import keras
@@ -102,6 +102,7 @@ class Features:
 def extract_features(
     paths: Sequence[Path], extractor: "keras.Model", image_size: int, *,
     batch_size: int = 32, cache: FeatureCache | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
     progress: Callable[[int], None] | None = None,
 ) -> Features:
     """Run the frozen backbone once over every file not already in the cache.
@@ -112,63 +113,51 @@ def extract_features(
         image_size: Side of the square the images are resized to.
         batch_size: Images per forward pass.
         cache: Where known features are looked up and new ones stored.
+        should_stop: Polled between batches.
         progress: Called with the number of files just handled.
 
     Returns:
         The features, and the files that could not be read with their reasons.
+
+    Raises:
+        Stopped: a stop was asked for (the cache keeps what was extracted).
     """
-    rows: dict[int, np.ndarray] = {}
-    hashes: dict[int, str] = {}
+
+    def decode(index: int) -> Decoded:
+        digest, data = read_file(paths[index])
+        known = cache.get(digest) if cache is not None else None
+        if known is not None:  # no need to decode
+            return Decoded(None, (digest, known))
+        image = decode_file(paths[index], digest, data)
+        return Decoded(resize_for_model(image.pixels, image_size), (digest, None))
+
+    def run(batch: np.ndarray, n: int) -> np.ndarray:
+        return np.asarray(extractor.predict_on_batch(batch), dtype=np.float32)[:n]
+
+    rows: dict[int, tuple[str, np.ndarray]] = {}
     failed: list[tuple[int, str, str]] = []
     from_cache = 0
-
-    def load(index: int) -> tuple[str, np.ndarray | None]:
-        digest, data = read_file(paths[index])
-        if cache is not None and cache.get(digest) is not None:
-            return digest, None  # known: no need to decode
-        image = decode_file(paths[index], digest, data)
-        return digest, resize_for_model(image.pixels, image_size)
-
-    pending: list[tuple[int, str, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        batch = np.stack([pixels for _, _, pixels in pending])
-        vectors = np.asarray(extractor.predict_on_batch(batch), dtype=np.float32)
-        for (index, digest, _), vector in zip(pending, vectors):
-            rows[index] = vector
-            if cache is not None:
-                cache.put(digest, vector)
-        if progress:
-            progress(len(pending))
-        pending.clear()
-
-    for index, outcome in prefetch_map(load, range(len(paths))):
-        if isinstance(outcome, ImageLoadError):
-            failed.append((index, outcome.kind, outcome.reason))
-            if progress:
-                progress(1)
+    stop = Stop(should_stop)
+    for outcome in predict(range(len(paths)), decode, run, batch_size=batch_size, stop=stop,
+                           progress=progress):
+        if outcome.failure is not None:
+            failed.append((outcome.item, outcome.failure.status, outcome.failure.reason))
             continue
-        if isinstance(outcome, BaseException):
-            failed.append((index, "error", f"{type(outcome).__name__}: {outcome}"))
-            if progress:
-                progress(1)
-            continue
-        digest, pixels = outcome
-        hashes[index] = digest
-        if pixels is None:
-            rows[index] = cache.get(digest)  # type: ignore[union-attr,assignment]
-            from_cache += 1
-            if progress:
-                progress(1)
-            continue
-        pending.append((index, digest, pixels))
-        if len(pending) == batch_size:
-            flush()
-    flush()
+        digest, known = outcome.extra
+        from_cache += known is not None
+        vector = known if known is not None else outcome.output
+        if cache is not None and known is None:
+            cache.put(digest, vector)
+        rows[outcome.item] = (digest, vector)
     if cache is not None:
         cache.save()
+    if stop.asked:
+        raise Stopped("training was stopped; no model was written")
+    return _features(rows, failed, from_cache)
+
+
+def _features(rows: dict[int, tuple[str, np.ndarray]], failed: list[tuple[int, str, str]],
+              from_cache: int) -> Features:
     order = tuple(sorted(rows))
-    vectors = np.stack([rows[i] for i in order]) if order else np.zeros((0, FEATURE_DIM), np.float32)
-    return Features(vectors, order, tuple(hashes[i] for i in order), tuple(failed), from_cache)
+    vectors = np.stack([rows[i][1] for i in order]) if order else np.zeros((0, FEATURE_DIM), np.float32)
+    return Features(vectors, order, tuple(rows[i][0] for i in order), tuple(failed), from_cache)

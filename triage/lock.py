@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
-from triage.errors import LockHeld
+from triage.errors import LockHeld, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class OutputLock:
 
     Raises:
         LockHeld: still held by another process after ``wait`` seconds.
-        KeyboardInterrupt: ``should_stop`` said stop while waiting.
+        Stopped: ``should_stop`` said stop while waiting.
     """
 
     def __init__(self, path: Path, wait: float = 0.0, poll: float = 0.2,
@@ -74,7 +74,7 @@ class OutputLock:
                                  self._holder(fd), self.path, self.wait)
                         waiting = True
                     if self.should_stop():
-                        raise KeyboardInterrupt from None
+                        raise Stopped("stopped while waiting for the lock; no output was changed") from None
                     time.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
         except BaseException:
             os.close(fd)

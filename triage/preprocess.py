@@ -2,8 +2,9 @@
 
 Decoded RGB pixels are resized to a square, bilinearly and without keeping the
 aspect ratio or antialiasing, as ``keras.utils.image_dataset_from_directory``
-does; the VGG19 mean subtraction lives inside the model itself
-(:class:`triage.model.CaffePreprocess`), so a saved model takes raw 0-255 RGB.
+does; the VGG19 mean subtraction lives inside the model itself (the
+``vgg19_preprocess`` layer, see :func:`triage.model.preprocess_layer`), so a
+saved model takes raw 0-255 RGB.
 """
 
 from __future__ import annotations

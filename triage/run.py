@@ -14,23 +14,23 @@ after the current batch and writes everything, the rest ``not_scanned``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 from triage.atomic import atomic_write_text
-from triage.errors import UsageError
+from triage.errors import Stopped, UsageError
+from triage.inference import load_for_inference
 from triage.lock import OutputLock
-from triage.results import STATUSES, CaseResult, ScanResult, write_csv
-from triage.scan import LoadedModel, ScanOptions, library_versions, load_model, scan_folder
+from triage.results import ScanResult, write_csv
+from triage.scoring import ScanOptions, scan_folder
+from triage.state import load_state, scan_settings, write_state
 
 log = logging.getLogger(__name__)
 RUN_SCHEMA_VERSION = 1
-STATE_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,10 @@ class OutputPaths:
         out = Path(out)
         suffix = out.suffix.lower()
         if suffix not in (".pdf", ".html", ".htm"):
-            raise UsageError(f"--out must end in .pdf or .html, got {out.name!r}.")
+            raise UsageError(f"The report must end in .pdf or .html, got {out.name!r}.", option="out")
         if out.is_dir():
-            raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'report.pdf'}.")
+            raise UsageError(f"The report {out} is a folder; give a file name such as "
+                             f"{out / 'report.pdf'}.", option="out")
         base = out.with_suffix("")
         return cls(
             html=out if suffix != ".pdf" else base.with_suffix(".html"),
@@ -69,95 +70,6 @@ class OutputPaths:
             # One lock per folder: every report there shares its run.json.
             lock=out.parent / ".triage.lock",
         )
-
-
-# Libraries whose version can change a row (decoding, resizing, the forward pass).
-_SCORING_LIBRARIES = ("triage", "tensorflow", "keras", "numpy", "opencv-python-headless", "pillow",
-                      "pydicom")
-
-
-def _settings(loaded: LoadedModel, options: ScanOptions, input_dir: Path, threshold: float) -> dict[str, Any]:
-    """What must match for a previous run's rows to be reused.
-
-    Besides the model and the options that decide a row, the batch size and
-    the device (the last float bits of a probability depend on both) and the
-    versions of the libraries that decode and score: a carried-over row must
-    equal the one a fresh scan would give.
-    """
-    versions = library_versions()
-    return {"model_sha256": loaded.summary.sha256, "threshold": threshold, "explain": options.explain,
-            "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
-            "batch_size": options.batch_size, "device": "gpu" if loaded.on_gpu else "cpu",
-            "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
-
-
-# The type each state field must have (besides None where the field allows it).
-_ROW_TYPES: dict[str, type] = {
-    "path": str, "status": str, "sha256": str, "reason": str, "probability": float, "flagged": bool,
-    "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
-    "mtime_ns": int, "new": bool,
-}
-_ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
-
-
-def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
-    """One state row as a :class:`CaseResult`; ``ValueError`` when it is not one this tool wrote."""
-    if not isinstance(row, dict) or set(row) != {f.name for f in dataclasses.fields(CaseResult)}:
-        raise ValueError(f"a row is not a case: {str(row)[:80]}")
-    for name, kind in _ROW_TYPES.items():
-        value = row.get(name)
-        if (value is None and name not in _ROW_REQUIRED) or (
-                isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
-            continue
-        raise ValueError(f"bad {name} {value!r} in a row")
-    case = CaseResult(**row)
-    if not case.path or case.status not in STATUSES or case.status == "not_scanned":
-        raise ValueError(f"bad row of {case.path!r}")
-    if case.ok and not (case.probability is not None and 0.0 <= case.probability <= 1.0):
-        raise ValueError(f"bad probability in the row of {case.path!r}")
-    for name in (case.heatmap, case.original):  # only images in this report's own heat-map folder
-        if name is not None and (PurePosixPath(name).parent.as_posix() != heatmap_folder
-                                 or "\\" in name or name.endswith("/..")):
-            raise ValueError(f"heat map {name!r} is outside {heatmap_folder}")
-    return case
-
-
-def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, CaseResult]:
-    """Rows of the previous run, or nothing when they can't be trusted (said in the log).
-
-    Args:
-        path: The state file beside the outputs.
-        settings: This run's, from :func:`_settings`; any difference means a full rescan.
-        heatmap_folder: Name of the heat-map folder, relative to the report, that rows may refer to.
-    """
-    if not path.exists():
-        log.info("no previous state beside the outputs: scanning everything")
-        return {}
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or state.get("schema_version") != STATE_SCHEMA_VERSION:
-            raise ValueError("not a triage state file of schema %d" % STATE_SCHEMA_VERSION)
-        old_settings, cases = state.get("settings"), state.get("cases")
-        if not isinstance(old_settings, dict) or not isinstance(cases, list):
-            raise ValueError("no settings or cases")
-        rows = {}
-        for row in cases:
-            case = _check_row(row, heatmap_folder)
-            rows[case.path] = case
-    except (OSError, ValueError, TypeError, RecursionError) as exc:
-        log.warning("previous state %s is unreadable (%s): scanning everything", path, exc)
-        return {}
-    changed = [k for k in settings if old_settings.get(k) != settings[k]]
-    if changed:
-        log.info("previous run used another %s: scanning everything", ", ".join(changed))
-        return {}
-    return rows
-
-
-def _write_state(path: Path, result: ScanResult, settings: dict[str, Any]) -> None:
-    cases = [dataclasses.asdict(c) for c in result.cases if c.status != "not_scanned"]
-    atomic_write_text(path, json.dumps({"schema_version": STATE_SCHEMA_VERSION, "settings": settings,
-                                        "cases": cases}) + "\n")
 
 
 def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
@@ -223,47 +135,71 @@ def run_scan(
         full: Rescan everything even when the previous run's rows could be reused.
         wait: Seconds to wait for another run holding the same outputs.
         should_stop: Polled between batches (SIGINT/SIGTERM).
-        on_found, progress: Progress callbacks, see :func:`triage.scan.scan_folder`.
+        on_found, progress: Progress callbacks, see :func:`triage.scoring.scan_folder`.
 
     Returns:
         The result and where it was written.
 
     Raises:
         UsageError, ModelError, LockHeld: see :mod:`triage.errors`.
-        KeyboardInterrupt: ``should_stop`` said stop before scanning began; no output was changed.
+        Stopped: ``should_stop`` said stop before scanning began; no output was changed.
     """
     input_dir = Path(input_dir)
+    paths = _check_request(input_dir, out, csv, options, max_report_cases)
+    with OutputLock(paths.lock, wait, should_stop=should_stop):
+        _remove_stray_temporaries(paths)
+        loaded = load_for_inference(model, options.device, options.cam_layer)
+        threshold = loaded.summary.threshold if options.threshold is None else options.threshold
+        settings = scan_settings(loaded, options, input_dir, threshold)
+        reuse = _previous_rows(paths, settings, full)
+        if should_stop():
+            raise Stopped("the scan had not begun; no output was changed")
+        result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
+                             report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
+                             on_found=on_found, progress=progress)
+        write_outputs(result, paths, settings, max_report_cases)
+    return result, paths
+
+
+def _check_request(input_dir: Path, out: Path, csv: Path | None, options: ScanOptions,
+                   max_report_cases: int) -> OutputPaths:
+    """Everything that can be checked before the lock is taken.
+
+    Raises:
+        UsageError: a bad setting, a missing input folder, or outputs inside it.
+    """
     options.validate()
     if max_report_cases < 1:
-        raise UsageError(f"--max-report-cases must be at least 1, got {max_report_cases}.")
+        raise UsageError(f"The PDF must show at least 1 case, got {max_report_cases}.",
+                         option="max_report_cases")
     if not input_dir.is_dir():
         raise UsageError(f"Input folder {input_dir} does not exist or is not a folder.")
     paths = OutputPaths.for_report(out, csv)
     if paths.heatmaps.resolve().is_relative_to(input_dir.resolve()) or \
             paths.csv.resolve().parent.is_relative_to(input_dir.resolve()):
         raise UsageError("Outputs must not go inside the input folder (they would be scanned next time).")
-    with OutputLock(paths.lock, wait, should_stop=should_stop):
-        _remove_stray_temporaries(paths)
-        loaded = load_model(model, options)
-        threshold = loaded.summary.threshold if options.threshold is None else options.threshold
-        settings = _settings(loaded, options, input_dir, threshold)
-        if full:
-            log.info("--full: scanning everything")
-        reuse = {} if full else load_state(paths.state, settings, paths.heatmaps.name)
-        if reuse:
-            log.info("incremental: %d rows of the previous run may be reused", len(reuse))
-        if should_stop():  # stopped before anything was scored: leave the previous outputs alone
-            raise KeyboardInterrupt
-        result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
-                             report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
-                             on_found=on_found, progress=progress)
-        from triage.report import write_html, write_pdf
+    return paths
 
-        write_csv(result, paths.csv)
-        write_html(result, paths.html)
-        if paths.pdf:
-            write_pdf(result, paths.pdf, max_cases=max_report_cases)
-        _write_state(paths.state, result, settings)
-        atomic_write_text(paths.run_json, json.dumps(run_facts(result, paths), indent=2) + "\n")
-        _remove_unreferenced(result, paths)
-    return result, paths
+
+def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> dict[str, Any]:
+    if full:
+        log.info("full rescan asked for: scanning everything")
+        return {}
+    reuse = load_state(paths.state, settings, paths.heatmaps.name)
+    if reuse:
+        log.info("incremental: %d rows of the previous run may be reused", len(reuse))
+    return reuse
+
+
+def write_outputs(result: ScanResult, paths: OutputPaths, settings: dict[str, Any],
+                  max_report_cases: int) -> None:
+    """CSV -> HTML -> PDF -> state -> ``run.json`` (last) -> unreferenced heat maps removed."""
+    from triage.report import write_html, write_pdf
+
+    write_csv(result, paths.csv)
+    write_html(result, paths.html)
+    if paths.pdf:
+        write_pdf(result, paths.pdf, max_cases=max_report_cases)
+    write_state(paths.state, result, settings)
+    atomic_write_text(paths.run_json, json.dumps(run_facts(result, paths), indent=2) + "\n")
+    _remove_unreferenced(result, paths)

@@ -9,28 +9,39 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from triage import __version__
-from triage.atomic import atomic_write_text
-from triage.card import CARD_FILE, CARD_SCHEMA_VERSION, CURVES_FILE, MODEL_FILE, models_root
-from triage.dataset import index_labelled, split
-from triage.errors import DataError, UsageError
-from triage.features import FeatureCache, default_cache_dir, extract_features
+from triage.card import (
+    CURVES_FILE,
+    MODEL_FILE,
+    RANDOM_WARNING,
+    Backbone,
+    ClassCounts,
+    ClassNames,
+    FeatureStats,
+    Hyperparameters,
+    ModelCard,
+    Split,
+    TrainingData,
+    models_root,
+    write_card,
+)
+from triage.dataset import LabelledSet, index_labelled, split
+from triage.errors import DataError, Stopped, UsageError
+from triage.features import FeatureCache, Features, default_cache_dir, extract_features
 from triage.metrics import binary_metrics, threshold_for_sensitivity
-from triage.model import CAM_LAYER, HeadConfig, resolve_backbone_weights
+from triage.model import CAM_LAYER, BackboneWeights, HeadConfig, resolve_backbone_weights
 
 log = logging.getLogger(__name__)
-RANDOM_WARNING = "RANDOM BACKBONE: built for tests and smoke runs only; its scores mean nothing."
 
 
 @dataclass(frozen=True)
@@ -55,32 +66,33 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
-            (0 <= self.threshold <= 1, f"--threshold must be in [0, 1], got {self.threshold}"),
+            (self.epochs >= 1, "epochs", "at least 1"),
+            (self.image_size >= 32, "image_size", "at least 32"),
+            (self.batch_size >= 1, "batch_size", "at least 1"),
+            (self.learning_rate > 0, "learning_rate", "positive"),
+            (0 <= self.threshold <= 1, "threshold", "in [0, 1]"),
             (self.target_sensitivity is None or 0 < self.target_sensitivity <= 1,
-             f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity}"),
-            (self.folds is None or self.folds >= 2, f"--folds must be at least 2, got {self.folds}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.l2 >= 0, f"--l2 must be >= 0, got {self.l2}"),
+             "target_sensitivity", "in (0, 1]"),
+            (self.folds is None or self.folds >= 2, "folds", "at least 2"),
+            (0 <= self.dropout < 1, "dropout", "in [0, 1)"),
+            (self.l2 >= 0, "l2", ">= 0"),
         ]
-        for ok, message in checks:
+        for ok, name, rule in checks:
             if not ok:
-                raise UsageError(message + ".")
+                value = getattr(self, name)
+                raise UsageError(f"The {name.replace('_', ' ')} must be {rule}, got {value}.", option=name)
 
 
 @dataclass
 class TrainResult:
     out_dir: Path
-    card: dict[str, Any]
-    history: dict[str, list[float]] = field(default_factory=dict)
+    card: ModelCard
 
 
 def _fit_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig,
               validation: tuple[np.ndarray, np.ndarray] | None = None,
               on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+              should_stop: Callable[[], bool] = lambda: False,
               ) -> tuple[Any, dict[str, list[float]]]:
     import keras
 
@@ -90,10 +102,13 @@ def _fit_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig,
     head = build_head(features.shape[1], HeadConfig(config.l2, config.dropout))
     head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                  loss="binary_crossentropy", metrics=["accuracy"])
-    callbacks = []
-    if on_epoch is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, dict(logs or {}))))
+    def epoch_end(epoch: int, logs: dict[str, float] | None) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch + 1, dict(logs or {}))
+        if should_stop():
+            raise Stopped("training was stopped; no model was written")
+
+    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=epoch_end)]
     history = head.fit(features, labels.astype(np.float32), batch_size=config.batch_size,
                        epochs=config.epochs, validation_data=validation, shuffle=True,
                        verbose=0, callbacks=callbacks)
@@ -109,7 +124,7 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, config: TrainConfi
 
     folds = int(config.folds or 0)
     if np.bincount(labels, minlength=2).min() < folds:
-        raise DataError(f"--folds {folds} needs at least {folds} images of each class.")
+        raise DataError(f"{folds} folds need at least {folds} images of each class.", option="folds")
     out_of_fold = np.zeros(len(labels))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     for train_idx, test_idx in splitter.split(features, labels):
@@ -129,8 +144,9 @@ def _fingerprint(items: list[tuple[str, str, int]]) -> str:
     return digest.hexdigest()
 
 
-def _class_counts(labels: np.ndarray) -> dict[str, int]:
-    return {"n": int(len(labels)), "positive": int(labels.sum()), "negative": int(len(labels) - labels.sum())}
+def _class_counts(labels: np.ndarray) -> ClassCounts:
+    positive = int(labels.sum())
+    return ClassCounts(n=int(len(labels)), positive=positive, negative=int(len(labels)) - positive)
 
 
 def new_model_dir(parent: Path) -> Path:
@@ -138,7 +154,26 @@ def new_model_dir(parent: Path) -> Path:
     return parent / f"vgg19-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+@dataclass(frozen=True)
+class SplitData:
+    """The kept features cut into training and validation rows, as Keras cuts the file list."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    labels: np.ndarray  # of every extracted row
+    validation_files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    rule: str
+
+
 def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig = TrainConfig(), *,
+                should_stop: Callable[[], bool] = lambda: False,
                 progress: Callable[[int], None] | None = None,
                 on_start: Callable[[int], None] | None = None,
                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
@@ -149,6 +184,7 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         out_dir: Model folder to create (must not exist or be empty); default a
             new folder under :func:`triage.card.models_root`.
         config: The run's settings.
+        should_stop: Polled between batches and epochs; True stops with no model written.
         progress: Called with the number of images just handled during feature extraction.
         on_start: Called once with the number of images to extract.
         on_epoch: Called after each epoch with its number and logs.
@@ -160,14 +196,15 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         DataError: the folder is unusable.
         UsageError: bad settings or an output folder that is not empty.
         WeightsUnavailable: the backbone weights cannot be had.
+        Stopped: a stop was asked for; no model folder was written.
     """
     config.validate()
     started = dt.datetime.now(dt.timezone.utc)
     out_dir = Path(out_dir) if out_dir else new_model_dir(models_root())
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UsageError(f"Output folder {out_dir} exists and is not empty.")
+        raise UsageError(f"Output folder {out_dir} exists and is not empty.", option="out")
     labelled = index_labelled(Path(data_dir), config.positive, config.seed)
-    n_val = len(split(labelled.files, config.val_split)[1])  # fails early on an empty side
+    split(labelled.files, config.val_split)  # fails early on an empty side
     weights = resolve_backbone_weights(config.backbone_weights, seed=config.seed)
 
     from triage.model import assemble, build_backbone, feature_extractor
@@ -178,93 +215,113 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     if on_start:
         on_start(len(labelled.files))
     extracted = extract_features([f.path for f in labelled.files], extractor, config.image_size,
-                                 batch_size=config.batch_size, cache=cache, progress=progress)
-    skipped = [{"path": labelled.files[i].relpath, "status": status, "reason": reason}
-               for i, status, reason in extracted.failed]
-    for row in skipped:
-        log.warning("skipped %s: %s", row["path"], row["reason"])
-    # The split is made over every indexed file, as Keras makes it; unreadable
-    # files then drop out of whichever side they fell on.
-    position = {index: row for row, index in enumerate(extracted.indices)}
+                                 batch_size=config.batch_size, cache=cache, should_stop=should_stop,
+                                 progress=progress)
+    data = _split_rows(labelled, extracted, config.val_split)
+    head, history = _fit_head(data.x_train, data.y_train, config, (data.x_val, data.y_val), on_epoch,
+                              should_stop)
+    val_prob = _predict(head, data.x_val)
+    threshold = _choose_threshold(data.y_val, val_prob, config)
+    cross_validation = _cross_validate(extracted.vectors, data.labels, config) if config.folds else None
+    card = _build_card(out_dir.name, started, config, weights, labelled, extracted, data, threshold,
+                       history, binary_metrics(data.y_val, val_prob, threshold.value, seed=config.seed),
+                       cross_validation, cache)
+    _write_model_folder(out_dir, assemble(extractor, head), card)
+    return TrainResult(out_dir, card)
+
+
+def _split_rows(labelled: LabelledSet, extracted: Features, val_split: float) -> SplitData:
+    """Cut over every indexed file, as Keras cuts; unreadable files drop out of their side.
+
+    Raises:
+        DataError: a side has no readable image, or only one class.
+    """
+    for i, status, reason in extracted.failed:
+        log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
+    n_val = len(split(labelled.files, val_split)[1])
     n_train = len(labelled.files) - n_val
+    position = {index: row for row, index in enumerate(extracted.indices)}
     train_rows = [position[i] for i in range(n_train) if i in position]
     val_rows = [position[i] for i in range(n_train, len(labelled.files)) if i in position]
     labels = labelled.labels[list(extracted.indices)]
-    x_train, y_train = extracted.vectors[train_rows], labels[train_rows]
-    x_val, y_val = extracted.vectors[val_rows], labels[val_rows]
-    for name, y in (("training", y_train), ("validation", y_val)):
+    for name, rows in (("training", train_rows), ("validation", val_rows)):
+        y = labels[rows]
         if len(y) == 0 or y.min() == y.max():
             raise DataError(f"The {name} set has {len(y)} readable images of a single class or none: "
-                            f"add images, or change --val-split / --seed.")
+                            f"add images, or change the validation split or the seed.")
+    return SplitData(extracted.vectors[train_rows], labels[train_rows], extracted.vectors[val_rows],
+                     labels[val_rows], labels,
+                     tuple(labelled.files[i].relpath for i in range(n_train, len(labelled.files))
+                           if i in position))
 
-    head, history = _fit_head(x_train, y_train, config, (x_val, y_val), on_epoch)
-    val_prob = _predict(head, x_val)
+
+def _choose_threshold(y_val: np.ndarray, val_prob: np.ndarray, config: TrainConfig) -> Threshold:
     if config.target_sensitivity is not None:
-        threshold = threshold_for_sensitivity(y_val, val_prob, config.target_sensitivity)
-        threshold_rule = (f"highest threshold with validation sensitivity >= "
-                          f"{config.target_sensitivity} (--target-sensitivity)")
-    else:
-        threshold = config.threshold
-        threshold_rule = "fixed (--threshold)" if config.threshold != 0.5 else "default 0.5"
-    metrics = binary_metrics(y_val, val_prob, threshold, seed=config.seed)
-    cross_validation = _cross_validate(extracted.vectors, labels, config) if config.folds else None
+        return Threshold(threshold_for_sensitivity(y_val, val_prob, config.target_sensitivity),
+                         f"highest threshold with validation sensitivity >= {config.target_sensitivity}")
+    if config.threshold != 0.5:
+        return Threshold(config.threshold, "fixed")
+    return Threshold(config.threshold, "default 0.5")
 
-    model = assemble(extractor, head)
+
+def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
+                labelled: LabelledSet, extracted: Features, data: SplitData, threshold: Threshold,
+                history: dict[str, list[float]], metrics: dict[str, Any],
+                cross_validation: dict[str, Any] | None, cache: FeatureCache | None) -> ModelCard:
+    return ModelCard(
+        model_id=model_id,
+        tool_version=__version__,
+        created_at=started.isoformat(timespec="seconds"),
+        warning=RANDOM_WARNING if weights.source == "random" else None,
+        backbone=Backbone(weights=weights.label, weights_sha256=weights.sha256),
+        cam_layer=CAM_LAYER,
+        image_size=config.image_size,
+        threshold=threshold.value,
+        threshold_rule=threshold.rule,
+        data=_training_data(labelled, extracted, data),
+        split=Split(method="as keras.utils.image_dataset_from_directory(validation_split, seed)",
+                    val_split=config.val_split, seed=config.seed, train=_class_counts(data.y_train),
+                    validation=_class_counts(data.y_val), validation_files=data.validation_files),
+        hyperparameters=Hyperparameters(
+            epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+            l2=config.l2, dropout=config.dropout, dense_units=HeadConfig().units, seed=config.seed),
+        history=history,
+        validation_metrics=metrics,
+        cross_validation=cross_validation,
+        features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
+                              from_cache=extracted.from_cache,
+                              cache=str(cache.path) if cache else None),
+    )
+
+
+def _training_data(labelled: LabelledSet, extracted: Features, data: SplitData) -> TrainingData:
+    skipped = tuple({"path": labelled.files[i].relpath, "status": status, "reason": reason}
+                    for i, status, reason in extracted.failed)
+    return TrainingData(
+        path=str(Path(labelled.root).resolve()),
+        fingerprint=_fingerprint([(labelled.files[i].relpath, sha, int(data.labels[row]))
+                                  for row, (i, sha) in enumerate(zip(extracted.indices, extracted.sha256s))]),
+        class_names=ClassNames(negative=labelled.class_names[0], positive=labelled.class_names[1]),
+        n_images=len(extracted.indices),
+        n_indexed=len(labelled.files),
+        skipped=skipped,
+        ignored=tuple({"path": p, "reason": r} for p, r in labelled.ignored),
+    )
+
+
+def _write_model_folder(out_dir: Path, model: Any, card: ModelCard) -> None:
+    """model.keras, training curves and the card into a temporary folder, renamed into place."""
+    from triage.plots import training_curves
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save(staging / MODEL_FILE)
-        card = {
-            "schema_version": CARD_SCHEMA_VERSION,
-            "model_id": out_dir.name,
-            "tool_version": __version__,
-            "created_at": started.isoformat(timespec="seconds"),
-            "warning": RANDOM_WARNING if weights.source == "random" else None,
-            "model_file": MODEL_FILE,
-            "backbone": {"architecture": "VGG19", "include_top": False, "frozen": True,
-                         "weights": weights.label, "weights_sha256": weights.sha256},
-            "cam_layer": CAM_LAYER,
-            "image_size": config.image_size,
-            "preprocessing": "decode as RGB, resize bilinear (no antialias, aspect not kept), "
-                             "vgg19 caffe preprocess_input inside the model",
-            "threshold": threshold,
-            "threshold_rule": threshold_rule,
-            "data": {
-                "path": str(Path(data_dir).resolve()),
-                "fingerprint": _fingerprint([
-                    (labelled.files[i].relpath, sha, int(labels[row]))
-                    for row, (i, sha) in enumerate(zip(extracted.indices, extracted.sha256s))]),
-                "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
-                "n_images": len(extracted.indices),
-                "n_indexed": len(labelled.files),
-                "skipped": skipped,
-                "ignored": [{"path": p, "reason": r} for p, r in labelled.ignored],
-            },
-            "split": {"method": "as keras.utils.image_dataset_from_directory(validation_split, seed)",
-                      "val_split": config.val_split, "seed": config.seed,
-                      "train": _class_counts(y_train), "validation": _class_counts(y_val),
-                      "validation_files": [labelled.files[i].relpath
-                                           for i in range(n_train, len(labelled.files)) if i in position]},
-            "hyperparameters": {"epochs": config.epochs, "batch_size": config.batch_size,
-                                "optimizer": "Adam", "learning_rate": config.learning_rate,
-                                "loss": "binary_crossentropy", "l2": config.l2,
-                                "dropout": config.dropout, "dense_units": list(HeadConfig().units),
-                                "seed": config.seed},
-            "history": history,
-            "validation_metrics": metrics,
-            "cross_validation": cross_validation,
-            "features": {"extracted": len(extracted.indices) - extracted.from_cache,
-                         "from_cache": extracted.from_cache,
-                         "cache": str(cache.path) if cache else None},
-        }
-        from triage.plots import training_curves
-
-        training_curves(history, staging / CURVES_FILE, title=out_dir.name)
-        atomic_write_text(staging / CARD_FILE, json.dumps(card, indent=2) + "\n")
+        training_curves(card.history, staging / CURVES_FILE, title=out_dir.name)
+        write_card(card, staging)
         if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
+            out_dir.rmdir()  # empty, checked before training
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return TrainResult(out_dir, card, history)

@@ -1,0 +1,64 @@
+"""Grad-CAM overlays and display copies of scans, written in a background thread.
+
+Each image is written to a temporary name and renamed, so a report never
+points at half an image; the queue is bounded so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HEATMAP_MAX_SIDE = 1024  # overlays larger than this are written downscaled
+
+
+class HeatmapWriter:
+    """Writes overlay and display images in a background thread, atomically, one file each."""
+
+    def __init__(self, folder: Path, relative_to: Path, tag: str) -> None:
+        self.folder = folder
+        self.relative_to = relative_to
+        self.tag = tag  # the model's, so overlays of different models never share a name
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-write")
+        self._pending: list[Future[None]] = []
+
+    def submit(self, sha256: str, pixels: np.ndarray, cam: np.ndarray) -> tuple[str, str]:
+        """Queue the overlay and the image; return their paths relative to the report."""
+        stem = f"{sha256[:20]}-{self.tag}"
+        overlay_path = self.folder / f"{stem}_gradcam.png"
+        image_path = self.folder / f"{stem}_image.jpg"
+        self._pending = [f for f in self._pending if not f.done()]
+        if len(self._pending) > 64:  # bound the queue so memory stays flat
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write, pixels, cam, overlay_path, image_path))
+        return (os.path.relpath(overlay_path, self.relative_to),
+                os.path.relpath(image_path, self.relative_to))
+
+    @staticmethod
+    def _write(pixels: np.ndarray, cam: np.ndarray, overlay_path: Path, image_path: Path) -> None:
+        from triage.cam import overlay
+
+        scale = HEATMAP_MAX_SIDE / max(pixels.shape[:2])
+        if scale < 1:
+            size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        blended = overlay(pixels, cam)
+        for path, image, params in (
+            (overlay_path, blended, [cv2.IMWRITE_PNG_COMPRESSION, 3]),
+            (image_path, pixels, [cv2.IMWRITE_JPEG_QUALITY, 90]),
+        ):
+            ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+            if not ok:
+                raise OSError(f"could not encode {path.name}")
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(encoded.tobytes())
+            os.replace(tmp, path)
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,158 @@
+"""The one place a trained model is found and loaded for inference (scan and evaluate).
+
+A loaded model runs one forward pass per batch that gives both the
+probabilities and the activations Grad-CAM needs, so ``evaluate`` and ``scan``
+compute a file's probability with the very same function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triage import __version__
+from triage.card import CARD_FILE, MODEL_FILE, ModelCard, models_root, read_card
+from triage.errors import ModelError, UsageError
+from triage.model import CAM_LAYER, load_classifier, sha256_file
+from triage.results import ModelSummary
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def find_model(model: str | Path | None = None) -> Path:
+    """The model folder to use: ``model``, ``$TRIAGE_MODEL``, or the newest under :func:`models_root`.
+
+    ``model`` may name a model folder or its ``model.keras`` file.
+
+    Raises:
+        ModelError: nothing usable is found.
+    """
+    chosen = model or os.environ.get("TRIAGE_MODEL")
+    if chosen:
+        path = Path(chosen).expanduser()
+        folder = path.parent if path.is_file() else path
+        if not (folder / MODEL_FILE).is_file():
+            raise ModelError(f"No model at {chosen}: expected a folder holding {MODEL_FILE} "
+                             f"and {CARD_FILE}, as written by `triage train`.", option="model")
+        return folder
+    root = models_root()
+    candidates = sorted(
+        (p for p in root.glob(f"*/{CARD_FILE}") if (p.parent / MODEL_FILE).is_file()),
+        key=lambda p: (_created_at(p), p.parent.name),
+    ) if root.is_dir() else []
+    if not candidates:
+        raise ModelError(f"No trained model found under {root.resolve()}: run `triage train "
+                         f"DATA_DIR` first, or name a model folder.", option="model")
+    return candidates[-1].parent
+
+
+def _created_at(card_path: Path) -> str:
+    """The card's creation time, read leniently: a broken card only sorts first here."""
+    try:
+        return str(json.loads(card_path.read_text(encoding="utf-8")).get("created_at", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+@dataclass
+class InferenceModel:
+    """A model ready to score with: its card, facts, and the forward pass + Grad-CAM built once."""
+
+    folder: Path
+    card: ModelCard
+    summary: ModelSummary
+    gradcam: Any
+    on_gpu: bool
+
+    @property
+    def image_size(self) -> int:
+        return self.card.image_size
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.on_gpu else "cpu"
+
+    def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
+        """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
+        return self.gradcam.predict(batch)
+
+    def probabilities(self, batch: np.ndarray, n: int) -> np.ndarray:
+        """The probabilities of the first ``n`` rows of a (padded) batch."""
+        return self.predict(batch)[1][:n]
+
+
+def _gpu_available() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def load_for_inference(model: str | Path | None = None, device: str = "auto",
+                       cam_layer: str = CAM_LAYER) -> InferenceModel:
+    """Find, load and prepare a model: mixed precision and XLA on a GPU, exact fp32 on CPU.
+
+    Raises:
+        ModelError: no usable model, or a card that does not fit it.
+        UsageError: a GPU was asked for and there is none.
+    """
+    from triage.cam import GradCam
+    from triage.model import with_dtype_policy
+
+    if device not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.", option="device")
+    folder = find_model(model)
+    card = read_card(folder)
+    network = load_classifier(folder / MODEL_FILE)
+    on_gpu = device != "cpu" and _gpu_available()
+    if device == "gpu" and not on_gpu:
+        raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
+    size = card.image_size
+    if tuple(network.input.shape[1:]) != (size, size, 3):
+        raise ModelError(f"The model card says image size {size}, but the model takes "
+                         f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
+    if on_gpu:
+        network = with_dtype_policy(network, "mixed_float16")
+    summary = summarise(folder, card, sha256_file(folder / MODEL_FILE))
+    gradcam = GradCam(network, cam_layer, jit_compile=on_gpu)
+    log.info("model %s (%s), CAM layer %s, %s", summary.id, folder, cam_layer,
+             "GPU, mixed precision, XLA" if on_gpu else "CPU, float32")
+    return InferenceModel(folder, card, summary, gradcam, on_gpu)
+
+
+def summarise(folder: Path, card: ModelCard, model_sha256: str) -> ModelSummary:
+    """The facts of a model that a report and ``run.json`` show."""
+    data = card.data
+    trained_on = (f"{data.path} ({data.n_images} images, "
+                  f"{data.class_names.negative}/{data.class_names.positive})")
+    return ModelSummary(
+        id=card.model_id, path=str(folder.resolve()), sha256=model_sha256,
+        version=card.tool_version, threshold=card.threshold, image_size=card.image_size,
+        backbone_weights=card.backbone.weights, trained_on=trained_on, trained_at=card.created_at,
+        val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the tool and the libraries that decide its numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tensorflow as tf
+
+    # tensorflow ships as several distributions (tensorflow, tensorflow-cpu, ...): ask the module.
+    found = {"triage": __version__, "python": platform.python_version(), "tensorflow": tf.__version__}
+    for name in ("keras", "numpy", "opencv-python-headless", "pillow", "pydicom",
+                 "weasyprint", "jinja2"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

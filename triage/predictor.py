@@ -1,0 +1,154 @@
+"""The one batched predictor: decode (prefetched) -> batch -> run -> one outcome per item.
+
+Training's feature extraction, ``evaluate`` and ``scan`` all score through
+:func:`predict`; they differ only in how an item is decoded and what runs on a
+batch. It owns the failure classification, the prefetch depth, the padding of
+the last batch, stop requests and progress.
+
+Every batch is padded to ``batch_size``: the CPU kernels' results depend in the
+last float bits on the batch's size (not on its other images), so a fixed size
+gives a file the same numbers whichever batch it falls in, in a scan, an
+incremental rescan or an evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generator, Generic, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from triage.errors import ImageLoadError
+from triage.images import LoadedImage, read_image
+from triage.preprocess import resize_for_model
+from triage.stream import prefetch_map
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an item could not be scored: its CSV status and a human reason."""
+
+    status: str
+    reason: str
+    sha256: str | None = None
+
+
+def classify_failure(error: BaseException) -> Failure:
+    """The one mapping from an exception raised while decoding to a status and reason."""
+    sha256 = getattr(error, "sha256", None)
+    if isinstance(error, ImageLoadError):
+        return Failure(error.kind, error.reason, sha256)
+    if isinstance(error, OSError):
+        return Failure("unreadable", error.strerror or str(error), sha256)
+    return Failure("error", f"{type(error).__name__}: {error}", sha256)
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """What decoding one item gave: the model input (None: nothing to run) and anything else."""
+
+    pixels: np.ndarray | None
+    extra: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome(Generic[T]):
+    """One item's result: ``failure`` set, or ``extra`` and ``output`` (None when nothing ran)."""
+
+    item: T
+    extra: Any = None
+    output: Any = None
+    failure: Failure | None = None
+
+
+@dataclass
+class Stop:
+    """Polled between batches; ``asked`` becomes True once the stream stopped early."""
+
+    should_stop: Callable[[], bool] = lambda: False
+    asked: bool = False
+
+
+def decode_image(path: Path, image_size: int) -> Decoded:
+    """Read, hash and decode an image, and resize it for the model; ``extra`` is the LoadedImage."""
+    image: LoadedImage = read_image(path)
+    return Decoded(resize_for_model(image.pixels, image_size), image)
+
+
+def predict(
+    items: Sequence[T], decode: Callable[[T], Decoded],
+    run: Callable[[np.ndarray, int], Sequence[Any]], *, batch_size: int,
+    stop: Stop | None = None, progress: Callable[[int], None] | None = None,
+) -> Iterator[Outcome[T]]:
+    """Decode ``items`` ahead in threads, run full batches, yield one outcome per item handled.
+
+    Args:
+        items: What to score (paths, found files, ...).
+        decode: Item -> :class:`Decoded`; an exception is the item's failure.
+        run: ``(batch, n)`` -> the outputs of the first ``n`` rows of a
+            ``(batch_size, ...)`` batch whose last rows may be padding.
+        batch_size: Rows of every forward pass.
+        stop: Polled before each batch; items not yet yielded when it says
+            stop are never yielded (the caller accounts for them).
+        progress: Called with the number of items just handled.
+
+    Yields:
+        Failures as soon as decoding fails, the rest batch by batch, in input order within each kind.
+    """
+    stop = stop or Stop()
+    report = progress or (lambda n: None)
+    pending: list[tuple[T, Decoded]] = []
+    for entry in _split_failures(_decoded(items, decode, batch_size), report):
+        if isinstance(entry, Outcome):
+            yield entry
+            continue
+        pending.append(entry)
+        if len(pending) == batch_size:
+            if not (yield from _run_unless_stopped(pending, run, batch_size, stop, report)):
+                return
+            pending = []
+    if pending:
+        yield from _run_unless_stopped(pending, run, batch_size, stop, report)
+
+
+def _run_unless_stopped(entries: list[tuple[T, Decoded]], run: Callable[[np.ndarray, int], Sequence[Any]],
+                        batch_size: int, stop: Stop, report: Callable[[int], None],
+                        ) -> Generator[Outcome[T], None, bool]:
+    """Run one batch, unless a stop was asked for; False when it was."""
+    if stop.should_stop():
+        stop.asked = True
+        return False
+    yield from _run_batch(entries, run, batch_size, report)
+    return True
+
+
+def _decoded(items: Sequence[T], decode: Callable[[T], Decoded], batch_size: int) -> Iterator[Any]:
+    return prefetch_map(decode, items, ahead=max(2 * batch_size, 8))
+
+
+def _split_failures(ready: Iterable[tuple[T, Any]], report: Callable[[int], None]) -> Iterator[Any]:
+    """Failures and items with nothing to run become outcomes at once; the rest go on to a batch."""
+    for item, decoded in ready:
+        if isinstance(decoded, BaseException):
+            report(1)
+            yield Outcome(item, failure=classify_failure(decoded))
+        elif decoded.pixels is None:
+            report(1)
+            yield Outcome(item, extra=decoded.extra)
+        else:
+            yield item, decoded
+
+
+def _run_batch(entries: list[tuple[T, Decoded]], run: Callable[[np.ndarray, int], Sequence[Any]],
+               batch_size: int, report: Callable[[int], None]) -> Iterator[Outcome[T]]:
+    inputs = np.stack([decoded.pixels for _, decoded in entries])
+    if len(entries) < batch_size:
+        padding = np.zeros((batch_size - len(entries), *inputs.shape[1:]), dtype=inputs.dtype)
+        inputs = np.concatenate([inputs, padding])
+    outputs = run(inputs, len(entries))
+    for (item, decoded), output in zip(entries, outputs):
+        yield Outcome(item, extra=decoded.extra, output=output)
+    report(len(entries))
