@@ -166,16 +166,26 @@ def test_all_good_folder_exits_zero(tmp_path: Path, trained_model: Path) -> None
 
 def test_default_model_is_newest_under_models(tmp_path: Path, trained_model: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
     import shutil
 
     models = tmp_path / "models"
-    shutil.copytree(trained_model, models / "only-one")
+    # Folder names sort one way, creation dates another: the card's created_at decides.
+    ages = {"a-middle": "2025-06-01T00:00:00+00:00", "b-newest": "2026-01-01T00:00:00+00:00",
+            "c-oldest": "2024-01-01T00:00:00+00:00"}
+    for name, created_at in ages.items():
+        shutil.copytree(trained_model, models / name, copy_function=os.link)
+        card_path = models / name / "model_card.json"
+        card = json.loads(card_path.read_text())
+        card_path.unlink()  # a hard link: write a new file, not through the shared one
+        card_path.write_text(json.dumps({**card, "created_at": created_at, "model_id": f"id-{name}"}))
+    newest = max(ages, key=ages.__getitem__)
     monkeypatch.setenv("TRIAGE_MODELS", str(models))
     (tmp_path / "in").mkdir()
     Image.fromarray(blob_image(np.random.default_rng(0), True)).save(tmp_path / "in" / "a.png")
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == EXIT_OK, result.output
-    assert read_csv(tmp_path / "r.csv")[0]["model_id"] == "blob-model"
+    assert read_csv(tmp_path / "r.csv")[0]["model_id"] == f"id-{newest}"
 
 
 def test_missing_model_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,10 +210,10 @@ def test_usage_errors(tmp_path: Path, trained_model: Path, args: list[str], mess
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_broken_model_folder_is_a_model_error(tmp_path: Path) -> None:
+def test_broken_model_folder_is_a_model_error(tmp_path: Path, trained_model: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.keras").write_bytes(b"not a zip")
-    (tmp_path / "model" / "model_card.json").write_text(json.dumps({"image_size": 32, "threshold": 0.5}))
+    (tmp_path / "model" / "model_card.json").write_bytes((trained_model / "model_card.json").read_bytes())
     (tmp_path / "in").mkdir()
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.pdf"),
                                        "--model", str(tmp_path / "model")])

@@ -117,8 +117,8 @@ def test_target_sensitivity_and_folds(tmp_path: Path, blob_dataset: Path, traine
     assert card.validation_metrics["threshold"] == card.threshold
     assert card.validation_metrics["sensitivity"]["value"] >= 0.75
     cv = card.cross_validation
-    assert cv["folds"] == 4 and cv["metrics"]["n"] == 80
-    assert sum(cv["metrics"]["confusion_matrix"].values()) == 80
+    assert cv.folds == 4 and cv.metrics["n"] == 80
+    assert sum(cv.metrics["confusion_matrix"].values()) == 80
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
@@ -128,10 +128,11 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
     (root / "no" / "notes.txt").write_text("hello")
     result = train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
                                                             backbone_weights="random"))
-    skipped = {row["path"]: row["status"] for row in result.card.data.skipped}
+    skipped = {row.path: row.status for row in result.card.data.skipped}
     assert skipped == {"yes/broken.png": "unreadable", "no/empty.jpg": "empty"}
     assert result.card.data.n_images == 24
-    assert {"path": "no/notes.txt", "reason": "not an image file name"} in result.card.data.ignored
+    ignored = [(row.path, row.reason) for row in result.card.data.ignored]
+    assert ("no/notes.txt", "not an image file name") in ignored
 
 
 def test_local_weights_file(tmp_path: Path, blob_dataset: Path) -> None:
@@ -175,7 +176,8 @@ def test_positive_option_renames_classes(tmp_path: Path) -> None:
     (root / "no").rename(root / "healthy")
     result = train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
                                                             backbone_weights="random", positive="tumour"))
-    assert (result.card.data.class_names.negative, result.card.data.class_names.positive) == ("healthy", "tumour")
+    names = result.card.data.class_names
+    assert (names.negative, names.positive) == ("healthy", "tumour")
     assert result.card.split.train.positive + result.card.split.validation.positive == 10
 
 

@@ -47,14 +47,23 @@ class ClassNames:
 
 
 @dataclass(frozen=True)
+class SkippedFile:
+    """A file of the data folder that was not trained on, and why."""
+
+    path: str
+    reason: str
+    status: str = "ignored"
+
+
+@dataclass(frozen=True)
 class TrainingData:
     path: str
     fingerprint: str
     class_names: ClassNames
     n_images: int
     n_indexed: int
-    skipped: tuple[dict[str, str], ...] = ()  # {"path", "status", "reason"}
-    ignored: tuple[dict[str, str], ...] = ()  # {"path", "reason"}
+    skipped: tuple[SkippedFile, ...] = ()  # image files that could not be read
+    ignored: tuple[SkippedFile, ...] = ()  # files that are not images
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,18 @@ class FeatureStats:
 
 
 @dataclass(frozen=True)
+class CrossValidation:
+    folds: int
+    method: str
+    seed: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything known about a trained model (``schema_version`` :data:`CARD_SCHEMA_VERSION`).
 
-    ``validation_metrics`` and ``cross_validation`` hold what
+    ``validation_metrics`` (and ``cross_validation.metrics``) hold what
     :func:`triage.metrics.binary_metrics` returns: per metric a value, its 95%
     interval and n.
     """
@@ -116,7 +133,7 @@ class ModelCard:
     hyperparameters: Hyperparameters
     validation_metrics: dict[str, Any]
     history: dict[str, list[float]] = field(default_factory=dict)
-    cross_validation: dict[str, Any] | None = None
+    cross_validation: CrossValidation | None = None
     features: FeatureStats | None = None
     preprocessing: str = ("decode as RGB, resize bilinear (no antialias, aspect not kept), "
                           "vgg19 caffe preprocess_input inside the model")
@@ -199,7 +216,8 @@ def _convert(hint: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(kind):
         return _build(kind, value)
     if typing.get_origin(kind) is tuple:
-        return tuple(value)
+        element = typing.get_args(kind)[0]
+        return tuple(_build(element, v) if dataclasses.is_dataclass(element) else v for v in value)
     if kind in (int, float, str, bool) and not isinstance(value, kind if kind is not float else (int, float)):
         raise ValueError(f"{value!r} is not a {kind.__name__}")
     return value

@@ -284,13 +284,13 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
         click.echo(f"model: {result.out_dir}")
         click.echo(f"images: {images}")
         for row in skipped:
-            click.echo(f"  skipped {row['path']}: {row['reason']}")
+            click.echo(f"  skipped {row.path}: {row.reason}")
         click.echo(f"threshold: {card.threshold:.4f} ({card.threshold_rule})")
         for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
             click.echo(f"  validation {name:<12} {format_metric(metrics[name])}")
         if card.cross_validation:
-            cv = card.cross_validation["metrics"]
-            folds = card.cross_validation["folds"]
+            cv = card.cross_validation.metrics
+            folds = card.cross_validation.folds
             click.echo(f"  {folds}-fold accuracy   {format_metric(cv['accuracy'])}")
             click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
     summary = (f"triage train {data_dir}: model {result.out_dir}, {images}; "

@@ -59,7 +59,7 @@ def class_folders(root: Path, positive: str) -> tuple[str, str]:
         raise DataError(
             f"Data folder {root} needs a sub-folder {positive!r} of positive (tumour) images "
             f"and one of negatives; found {subdirs or 'no sub-folders'} "
-            f"(use --positive NAME for another name)."
+            f"(the positive class folder may have another name).", option="positive"
         )
     if len(subdirs) != 2:
         raise DataError(
@@ -119,11 +119,12 @@ Files = tuple[LabelledFile, ...]
 def split(files: Files, val_split: float) -> tuple[Files, Files]:
     """(training, validation) as Keras's ``validation_split`` cuts a shuffled list."""
     if not 0 < val_split < 1:
-        raise DataError(f"--val-split must be between 0 and 1, got {val_split}.")
+        raise DataError(f"The validation split must be between 0 and 1, got {val_split}.",
+                        option="val_split")
     n_val = int(val_split * len(files))
     if n_val == 0 or n_val == len(files):
         raise DataError(
-            f"--val-split {val_split} of {len(files)} images leaves an empty training or "
-            f"validation set."
+            f"A validation split of {val_split} of {len(files)} images leaves an empty training "
+            f"or validation set.", option="val_split"
         )
     return files[:-n_val], files[-n_val:]

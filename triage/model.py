@@ -72,7 +72,7 @@ def keras_cache_weights_path() -> Path:
 def _offline_message(cached: Path) -> str:
     return (
         f"VGG19 ImageNet weights are not cached and could not be downloaded: download "
-        f"{IMAGENET_WEIGHTS_URL} and put it at {cached}, or pass --backbone-weights PATH."
+        f"{IMAGENET_WEIGHTS_URL} and put it at {cached}, or give the path of a local copy"
     )
 
 
@@ -105,13 +105,13 @@ def resolve_backbone_weights(spec: str, seed: int = 0) -> BackboneWeights:
                 )
                 cached = Path(fetched)
             except Exception as exc:  # any network or disk failure means the same to a user
-                raise WeightsUnavailable(_offline_message(cached)) from exc
+                raise WeightsUnavailable(_offline_message(cached), option="backbone_weights") from exc
         return BackboneWeights("imagenet", cached, sha256_file(cached))
     path = Path(spec).expanduser()
     if not path.is_file():
         raise WeightsUnavailable(
-            f"Backbone weights file {spec} does not exist: pass imagenet, random or the path "
-            f"of {IMAGENET_WEIGHTS_FILE}."
+            f"Backbone weights file {spec} does not exist: name imagenet, random or the path "
+            f"of {IMAGENET_WEIGHTS_FILE}.", option="backbone_weights"
         )
     return BackboneWeights("file", path.resolve(), sha256_file(path))
 

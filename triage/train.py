@@ -27,9 +27,11 @@ from triage.card import (
     Backbone,
     ClassCounts,
     ClassNames,
+    CrossValidation,
     FeatureStats,
     Hyperparameters,
     ModelCard,
+    SkippedFile,
     Split,
     TrainingData,
     models_root,
@@ -119,7 +121,7 @@ def _predict(head: Any, features: np.ndarray) -> np.ndarray:
     return np.asarray(head.predict(features, batch_size=256, verbose=0), dtype=np.float64).ravel()
 
 
-def _cross_validate(features: np.ndarray, labels: np.ndarray, config: TrainConfig) -> dict[str, Any]:
+def _cross_validate(features: np.ndarray, labels: np.ndarray, config: TrainConfig) -> CrossValidation:
     from sklearn.model_selection import StratifiedKFold
 
     folds = int(config.folds or 0)
@@ -130,11 +132,10 @@ def _cross_validate(features: np.ndarray, labels: np.ndarray, config: TrainConfi
     for train_idx, test_idx in splitter.split(features, labels):
         head, _ = _fit_head(features[train_idx], labels[train_idx], config)
         out_of_fold[test_idx] = _predict(head, features[test_idx])
-    return {
-        "folds": folds, "method": "stratified K-fold of the head on kept features, all images",
-        "seed": config.seed,
-        "metrics": binary_metrics(labels, out_of_fold, config.threshold, seed=config.seed),
-    }
+    return CrossValidation(
+        folds=folds, method="stratified K-fold of the head on kept features, all images",
+        seed=config.seed, metrics=binary_metrics(labels, out_of_fold, config.threshold, seed=config.seed),
+    )
 
 
 def _fingerprint(items: list[tuple[str, str, int]]) -> str:
@@ -267,7 +268,7 @@ def _choose_threshold(y_val: np.ndarray, val_prob: np.ndarray, config: TrainConf
 def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
                 labelled: LabelledSet, extracted: Features, data: SplitData, threshold: Threshold,
                 history: dict[str, list[float]], metrics: dict[str, Any],
-                cross_validation: dict[str, Any] | None, cache: FeatureCache | None) -> ModelCard:
+                cross_validation: CrossValidation | None, cache: FeatureCache | None) -> ModelCard:
     return ModelCard(
         model_id=model_id,
         tool_version=__version__,
@@ -295,7 +296,7 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
 
 
 def _training_data(labelled: LabelledSet, extracted: Features, data: SplitData) -> TrainingData:
-    skipped = tuple({"path": labelled.files[i].relpath, "status": status, "reason": reason}
+    skipped = tuple(SkippedFile(labelled.files[i].relpath, reason, status)
                     for i, status, reason in extracted.failed)
     return TrainingData(
         path=str(Path(labelled.root).resolve()),
@@ -305,7 +306,7 @@ def _training_data(labelled: LabelledSet, extracted: Features, data: SplitData) 
         n_images=len(extracted.indices),
         n_indexed=len(labelled.files),
         skipped=skipped,
-        ignored=tuple({"path": p, "reason": r} for p, r in labelled.ignored),
+        ignored=tuple(SkippedFile(p, r) for p, r in labelled.ignored),
     )
 
 
