@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import subprocess
 import sys
@@ -227,9 +229,31 @@ def test_html_summary_incremental_and_interrupted(report_dir: Path) -> None:
     assert "This run was interrupted." in text and "2 files were not scanned" in text
 
 
-def test_write_html_is_atomic_and_complete(sample: ScanResult, report_dir: Path) -> None:
+def _disk_full(*args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("fail", ["render", "fsync", "rename"])
+def test_write_html_is_atomic_and_complete(sample: ScanResult, report_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch, fail: str) -> None:
+    """A write that fails at any point leaves the old report as it was and no temporary file."""
     target = report_dir / "report.html"
     target.write_text("old", encoding="utf-8")
+    with monkeypatch.context() as patch:
+        if fail == "render":  # rendering fails: the old page must stay
+            def render(*args: object, **kwargs: object) -> str:
+                raise RuntimeError("template error")
+
+            patch.setattr("triage.report.render_html", render)
+        elif fail == "fsync":  # the whole page is in the temporary file, the disk is full
+            patch.setattr(os, "fsync", _disk_full)
+        else:
+            patch.setattr(os, "replace", _disk_full)
+        with pytest.raises((RuntimeError, OSError)):
+            write_html(sample, target)
+    assert target.read_text(encoding="utf-8") == "old"
+    assert sorted(p.name for p in report_dir.iterdir()) == ["img", "report.html"]
+
     write_html(sample, target)
     assert target.read_text(encoding="utf-8").rstrip().endswith("</html>")
     assert sorted(p.name for p in report_dir.iterdir()) == ["img", "report.html"]
