@@ -2,7 +2,7 @@
 """Report rendering: seconds to write the PDF (and the HTML) of 100 flagged scans, and PDF size.
 
 Scans --images real images of the data set with threshold 0, so every one is
-flagged and gets a Grad-CAM overlay (``triage.scan.scan_folder``; not timed),
+flagged and gets a Grad-CAM overlay (``triage.scoring.scan_folder``; not timed),
 then times ``triage.report.write_pdf`` and ``write_html`` on that ScanResult,
 median of --repeats.
 
@@ -28,7 +28,8 @@ def main() -> int:
     args, data = C.parse_model_bench(p, repeats=3)
 
     from triage.report import write_html, write_pdf
-    from triage.scan import ScanOptions, load_model, scan_folder
+    from triage.inference import load_for_inference
+    from triage.scoring import ScanOptions, scan_folder
 
     paths = C.dataset_images(data, args.images)
     print(C.environment_line(images=len(paths), image_size=args.image_size,
@@ -40,7 +41,7 @@ def main() -> int:
     inputs = C.copy_images(paths, data, C.scratch("input"))
     out = C.scratch("report")
     options = ScanOptions(threshold=0.0, explain="flagged")
-    result = scan_folder(inputs, load_model(model_dir, options), options,
+    result = scan_folder(inputs, load_for_inference(model_dir, options.device), options,
                          heatmap_dir=out / "report_heatmaps", report_dir=out)
     flagged = len(result.flagged)
     with_overlay = sum(c.heatmap is not None for c in result.flagged)

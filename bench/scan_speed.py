@@ -33,7 +33,7 @@ def main() -> int:
     from triage.card import MODEL_FILE
     from triage.model import load_classifier
     from triage.run import run_scan
-    from triage.scan import ScanOptions
+    from triage.scoring import ScanOptions
 
     paths = C.dataset_images(data, args.images)
     n = len(paths)

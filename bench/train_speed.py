@@ -85,8 +85,8 @@ def run_tool(data: Path, args: Any, seed: int) -> ToolRuns:
     history = result.history
     runs.val_accuracy = float(history["val_accuracy"][-1])
     runs.train_accuracy = float(history["accuracy"][-1])
-    runs.card_accuracy = float(result.card["validation_metrics"]["accuracy"]["value"])
-    runs.extracted = int(result.card["features"]["extracted"])
+    runs.card_accuracy = float(result.card.validation_metrics["accuracy"]["value"])
+    runs.extracted = int(result.card.features.extracted)
     if args.no_warm:
         return runs
     cache_dir = C.scratch("cache")
@@ -97,7 +97,7 @@ def run_tool(data: Path, args: Any, seed: int) -> ToolRuns:
         keras.backend.clear_session()
         seconds, warm = C.timed(lambda: train_model(data, C.scratch("tool") / "m", cached))
         runs.cache_warm.append(seconds)
-    runs.from_cache_warm = int(warm.card["features"]["from_cache"])
+    runs.from_cache_warm = int(warm.card.features.from_cache)
     return runs
 
 
