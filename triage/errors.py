@@ -36,6 +36,10 @@ class CamLayerNotFound(ModelError):
     """The Grad-CAM layer is missing from the model or is not a spatial feature map."""
 
 
+class OutputError(TriageError):
+    """The environment refused an output: a read-only folder, a full disk, a name too long, a permission."""
+
+
 class LockHeld(TriageError):
     """Another run holds the lock on the same outputs."""
 

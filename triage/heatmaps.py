@@ -13,8 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-HEATMAP_MAX_SIDE = 1024  # overlays larger than this are written downscaled
-
 
 class HeatmapWriter:
     """Writes overlay and display images in a background thread, atomically, one file each."""
@@ -27,7 +25,7 @@ class HeatmapWriter:
         self._pending: list[Future[None]] = []
 
     def submit(self, sha256: str, pixels: np.ndarray, cam: np.ndarray) -> tuple[str, str]:
-        """Queue the overlay and the image; return their paths relative to the report."""
+        """Queue the overlay and the image (a display copy); return their paths relative to the report."""
         stem = f"{sha256[:20]}-{self.tag}"
         overlay_path = self.folder / f"{stem}_gradcam.png"
         image_path = self.folder / f"{stem}_image.jpg"
@@ -42,10 +40,6 @@ class HeatmapWriter:
     def _write(pixels: np.ndarray, cam: np.ndarray, overlay_path: Path, image_path: Path) -> None:
         from triage.cam import overlay
 
-        scale = HEATMAP_MAX_SIDE / max(pixels.shape[:2])
-        if scale < 1:
-            size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
         blended = overlay(pixels, cam)
         for path, image, params in (
             (overlay_path, blended, [cv2.IMWRITE_PNG_COMPRESSION, 3]),
@@ -55,8 +49,12 @@ class HeatmapWriter:
             if not ok:
                 raise OSError(f"could not encode {path.name}")
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(encoded.tobytes())
-            os.replace(tmp, path)
+            try:
+                tmp.write_bytes(encoded.tobytes())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def close(self) -> None:
         for future in self._pending:

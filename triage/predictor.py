@@ -13,6 +13,9 @@ incremental rescan or an evaluation.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Generic, Iterable, Iterator, Sequence, TypeVar
@@ -20,8 +23,8 @@ from typing import Any, Callable, Generator, Generic, Iterable, Iterator, Sequen
 import numpy as np
 
 from triage.errors import ImageLoadError
-from triage.images import LoadedImage, read_image
-from triage.preprocess import resize_for_model
+from triage.images import decode_file, read_file
+from triage.preprocess import display_copy, resize_for_model
 from triage.stream import prefetch_map
 
 T = TypeVar("T")
@@ -72,10 +75,72 @@ class Stop:
     asked: bool = False
 
 
+@dataclass(frozen=True, eq=False)
+class ScanImage:
+    """What scoring keeps of a decoded file: a display copy, never the full-resolution pixels."""
+
+    sha256: str
+    display: np.ndarray  # (h, w, 3) uint8 RGB, longest side <= DISPLAY_MAX_SIDE
+    width: int  # of the decoded image, after EXIF rotation
+    height: int
+    format: str
+
+
+class DecodeBudget:
+    """Bytes of pixels that decoding threads may hold at once.
+
+    An image whose decoding would take more than the whole budget waits until
+    it can decode alone, so a folder of huge scans peaks at about one huge scan.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        size = min(size, self.limit)
+        with self._changed:
+            self._changed.wait_for(lambda: self._used + size <= self.limit)
+            self._used += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= size
+                self._changed.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(768 << 20)
+_COPIES_WHILE_DECODING = 12  # bytes per pixel: the decoder's RGBA buffer, a rotated copy, the array
+
+
+def _decoding_cost(data: bytes) -> int:
+    """Bytes a decode of ``data`` may hold, from the image header; the file size where there is none."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+        return width * height * _COPIES_WHILE_DECODING
+    except Exception:  # not a Pillow format (DICOM) or a corrupt header: decoding will say
+        return 4 * len(data)
+
+
 def decode_image(path: Path, image_size: int) -> Decoded:
-    """Read, hash and decode an image, and resize it for the model; ``extra`` is the LoadedImage."""
-    image: LoadedImage = read_image(path)
-    return Decoded(resize_for_model(image.pixels, image_size), image)
+    """Read, hash and decode an image for the model; ``extra`` is its :class:`ScanImage`."""
+    digest, data = read_file(path)
+    return decode_for_model(path, digest, data, image_size)
+
+
+def decode_for_model(path: Path, digest: str, data: bytes, image_size: int) -> Decoded:
+    """Decode bytes within :data:`DECODE_BUDGET`; keep the model input and a display copy only."""
+    with DECODE_BUDGET.reserve(_decoding_cost(data)):
+        image = decode_file(path, digest, data)
+        model_input = resize_for_model(image.pixels, image_size)
+        kept = ScanImage(digest, display_copy(image.pixels), image.width, image.height, image.format)
+    return Decoded(model_input, kept)
 
 
 def predict(

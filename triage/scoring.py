@@ -19,7 +19,7 @@ from triage.heatmaps import HeatmapWriter
 from triage.images import FoundFile, discover
 from triage.inference import InferenceModel, library_versions
 from triage.model import CAM_LAYER
-from triage.predictor import Decoded, Outcome, Stop, decode_image, predict
+from triage.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, predict
 from triage.results import CaseResult, ScanResult
 
 EXPLAIN_CHOICES = ("flagged", "all", "none")
@@ -34,6 +34,7 @@ class ScanOptions:
     batch_size: int = 16
     cam_layer: str = CAM_LAYER
     device: str = "auto"  # auto | cpu | gpu
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, see triage.model.choose_precision
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -69,8 +70,12 @@ def plan_scan(found: list[FoundFile], reuse: dict[str, CaseResult], report_dir: 
 
 
 def _unchanged(old: CaseResult, item: FoundFile, report_dir: Path) -> bool:
-    """A previous row still holds: same size and mtime, and its images are still there."""
-    if (old.size, old.mtime_ns) != (item.size, item.mtime_ns) or old.status == "not_scanned":
+    """A previous ``ok`` row still holds: same size and mtime, and its images are still there.
+
+    A failed row is never carried over: a permission fixed or a decoder installed
+    since may let the same bytes be read now.
+    """
+    if not old.ok or (old.size, old.mtime_ns) != (item.size, item.mtime_ns):
         return False
     return all((report_dir / name).is_file() for name in (old.heatmap, old.original) if name)
 
@@ -158,10 +163,10 @@ def _case(outcome: Outcome[FoundFile], threshold: float, writer: HeatmapWriter |
         return CaseResult(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                           size=item.size, mtime_ns=item.mtime_ns)
     probability, cam = outcome.output
-    image = outcome.extra
+    image: ScanImage = outcome.extra
     heatmap = original = None
     if cam is not None and writer is not None:
-        heatmap, original = writer.submit(image.sha256, image.pixels, cam)
+        heatmap, original = writer.submit(image.sha256, image.display, cam)
     return CaseResult(
         item.relpath, "ok", sha256=image.sha256, probability=probability,
         flagged=bool(probability >= threshold), heatmap=heatmap, original=original,

@@ -1,0 +1,212 @@
+"""Nothing the user owns is overwritten, outputs agree with each other, environment errors are clean."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import blob_image
+from triage.cli import EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, _StopFlag, main
+from triage.results import read_csv
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        Image.fromarray(blob_image(rng, i % 2 == 0)).save(tmp_path / "in" / f"scan{i}.png")
+    return tmp_path / "in"
+
+
+def scan(folder: Path, model: Path, *args: str) -> object:
+    return CliRunner().invoke(main, ["scan", str(folder), "--model", str(model), "--quiet", *args])
+
+
+def snapshot(*roots: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- clobbering
+
+
+@pytest.mark.parametrize("csv, words", [
+    ("{model}/model.keras", "inside the model folder"),
+    ("{model}/notes.csv", "inside the model folder"),
+    ("{out}/r.html", "would both be written"),
+    ("{out}/run.json", "would both be written"),
+    ("{out}/.r.state.json", "would both be written"),
+    ("{out}/r_heatmaps/x.csv", "would both be written"),
+    ("{input}/scan0.png", "inside the input folder"),
+])
+def test_csv_may_not_name_the_model_another_output_or_an_input(
+        tmp_path: Path, folder: Path, trained_model: Path, csv: str, words: str) -> None:
+    out = tmp_path / "out"
+    before = snapshot(trained_model, folder)
+    path = csv.format(model=trained_model, out=out, input=folder)
+    result = scan(folder, trained_model, "--out", str(out / "r.pdf"), "--csv", path)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert words in result.output and "(--csv)" in result.output and "Traceback" not in result.output
+    assert snapshot(trained_model, folder) == before
+    assert not out.exists()
+
+
+def test_log_file_inside_the_input_folder_is_refused_before_it_is_opened(
+        tmp_path: Path, folder: Path, trained_model: Path) -> None:
+    result = scan(folder, trained_model, "--out", str(tmp_path / "r.html"),
+                  "--log-file", str(folder / "triage.log"))
+    assert result.exit_code == EXIT_USAGE and "(--log-file)" in result.output
+    assert not (folder / "triage.log").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_log_file_inside_the_model_folder_is_refused(tmp_path: Path, folder: Path, trained_model: Path) -> None:
+    log_file = trained_model / "scan.log"
+    result = scan(folder, trained_model, "--out", str(tmp_path / "r.html"), "--log-file", str(log_file))
+    log_file.unlink(missing_ok=True)  # it was opened before the model was known
+    assert result.exit_code == EXIT_USAGE and "inside the model folder" in result.output
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, trained_model: Path) -> None:
+    """A run writing its CSV where another run holds the lock waits, whatever its --out."""
+    from triage.lock import OutputLock
+
+    shared = tmp_path / "shared"
+    with OutputLock(shared / ".triage.lock"):
+        result = scan(folder, trained_model, "--out", str(tmp_path / "mine" / "r.html"),
+                      "--csv", str(shared / "r.csv"))
+    assert result.exit_code == EXIT_LOCKED, result.output
+    assert not (shared / "r.csv").exists() and not (tmp_path / "mine" / "r.html").exists()
+    assert scan(folder, trained_model, "--out", str(tmp_path / "mine" / "r.html"),
+                "--csv", str(shared / "r.csv")).exit_code == EXIT_OK
+
+
+# --------------------------------------------------------------------------- incremental runs
+
+
+def test_failed_rows_are_scored_again_in_an_incremental_run(
+        tmp_path: Path, folder: Path, trained_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that could not be read once (a decoder missing, a permission) is tried again."""
+    import triage.predictor
+    from triage.errors import ImageLoadError
+
+    real = triage.predictor.decode_file
+
+    def no_decoder_for_scan1(path: Path, digest: str, data: bytes) -> object:
+        if path.name == "scan1.png":
+            raise ImageLoadError("unreadable", "no decoder for this file")
+        return real(path, digest, data)
+
+    monkeypatch.setattr(triage.predictor, "decode_file", no_decoder_for_scan1)
+    report = tmp_path / "out" / "r.html"
+    assert scan(folder, trained_model, "--out", str(report)).exit_code == 1
+    rows = {row["path"]: row for row in read_csv(report.with_suffix(".csv"))}
+    assert rows["scan1.png"]["status"] == "unreadable"
+    monkeypatch.setattr(triage.predictor, "decode_file", real)
+    assert scan(folder, trained_model, "--out", str(report)).exit_code == EXIT_OK
+    rows = {row["path"]: row for row in read_csv(report.with_suffix(".csv"))}
+    assert rows["scan1.png"]["status"] == "ok" and rows["scan1.png"]["probability"]
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def test_a_second_ctrl_c_while_writing_lets_the_outputs_finish() -> None:
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = _StopFlag()
+    stop.install()
+    try:
+        stop.on_phase("scanning")
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop() and not stop.pressed_twice
+        with pytest.raises(KeyboardInterrupt):  # before writing: stop at once, nothing replaced
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        stop.on_phase("writing")
+        os.kill(os.getpid(), signal.SIGINT)  # while writing: no exception, the outputs finish
+        time.sleep(0.1)
+        assert stop.pressed_twice
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_phases_are_reported_in_order(tmp_path: Path, folder: Path, trained_model: Path) -> None:
+    from triage.run import run_scan
+
+    phases: list[str] = []
+    run_scan(folder, tmp_path / "r.html", model=trained_model, on_phase=phases.append)
+    assert phases == ["scanning", "writing", "written"]
+
+
+def test_sigterm_after_the_outputs_are_written_exits_zero(tmp_path: Path, folder: Path,
+                                                         trained_model: Path) -> None:
+    report = tmp_path / "out" / "r.html"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    codes = []
+    for delay in (0.0, 0.2):
+        (tmp_path / "out" / "run.json").unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "triage", "scan", str(folder), "--out", str(report),
+                                 "--model", str(trained_model), "--quiet", "--full"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not (tmp_path / "out" / "run.json").exists() and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        codes.append(proc.returncode)
+    assert codes == [EXIT_OK, EXIT_OK]
+
+
+# --------------------------------------------------------------------------- environment errors
+
+
+def _outputs_then_failure(tmp_path: Path, folder: Path, trained_model: Path, monkeypatch: pytest.MonkeyPatch,
+                          target: str, error: OSError) -> tuple[object, dict[Path, bytes], Path]:
+    """A good run, then one whose file system refuses: the result, the first outputs, the folder."""
+    out = tmp_path / "out"
+    assert scan(folder, trained_model, "--out", str(out / "r.pdf")).exit_code == EXIT_OK
+    before = snapshot(out)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(target, refuse)
+    result = scan(folder, trained_model, "--out", str(out / "r.pdf"), "--full")
+    monkeypatch.undo()
+    return result, before, out
+
+
+@pytest.mark.parametrize("target, error", [
+    ("triage.atomic.os.replace", OSError(errno.EROFS, "Read-only file system", "r.csv")),
+    ("triage.atomic.os.fsync", OSError(errno.ENOSPC, "No space left on device")),
+    ("triage.lock.os.open", PermissionError(errno.EACCES, "Permission denied", ".triage.lock")),
+])
+def test_file_system_refusals_are_one_sentence_and_keep_the_previous_outputs(
+        tmp_path: Path, folder: Path, trained_model: Path, monkeypatch: pytest.MonkeyPatch,
+        target: str, error: OSError) -> None:
+    result, before, out = _outputs_then_failure(tmp_path, folder, trained_model, monkeypatch, target, error)
+    assert result.exit_code == EXIT_OUTPUT, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and error.strerror in lines[0] and "Traceback" not in result.output
+    after = snapshot(out)
+    assert {p: b for p, b in after.items() if "_heatmaps" not in p.parts[-2]} == \
+        {p: b for p, b in before.items() if "_heatmaps" not in p.parts[-2]}
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_name_too_long_is_one_sentence(tmp_path: Path, folder: Path, trained_model: Path) -> None:
+    result = scan(folder, trained_model, "--out", str(tmp_path / ("r" * 300 + ".html")))
+    assert result.exit_code == EXIT_OUTPUT, result.output
+    assert "File name too long" in result.output and "Traceback" not in result.output
