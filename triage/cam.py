@@ -4,7 +4,9 @@ The backbone is frozen and the network is a chain, so the gradient of the
 tumour logit with respect to ``block5_conv4`` depends only on the small tail
 after it (block5_pool -> pooling -> dense head). :class:`GradCam` builds that
 tail once per run; each heat map then costs a backward pass through a few
-thousand weights instead of a second run of VGG19.
+thousand weights instead of a second run of VGG19. The tail runs in float32
+whatever the model's precision, so a mixed-precision scan's heat maps are
+float32 maps of the same activations.
 """
 
 from __future__ import annotations
@@ -64,15 +66,16 @@ class GradCam:
         sign = float(target.sign)
 
         def maps(activations: Any) -> Any:
+            activations = tf.cast(activations, tf.float32)  # bfloat16 or float16 under a mixed policy
             with tf.GradientTape() as tape:
                 tape.watch(activations)
                 logit = self.tail(activations, training=False)
                 # Each row's logit depends only on its own activations, so the
                 # gradient of the sum is every image's own gradient at once.
-                score = sign * tf.reduce_sum(tf.cast(logit, tf.float32))
-            grads = tf.cast(tape.gradient(score, activations), tf.float32)
+                score = sign * tf.reduce_sum(logit)
+            grads = tape.gradient(score, activations)
             channel_weights = tf.reduce_mean(grads, axis=(1, 2))
-            cams = tf.einsum("nhwc,nc->nhw", tf.cast(activations, tf.float32), channel_weights)
+            cams = tf.einsum("nhwc,nc->nhw", activations, channel_weights)
             return tf.nn.relu(cams)
 
         self._maps = tf.function(maps, reduce_retracing=True)
@@ -88,7 +91,13 @@ class GradCam:
         activations = keras.Input(tuple(conv.output.shape[1:]), name="cam_activations")
         x = activations
         for layer in model.layers[start:names.index(LOGIT_LAYER) + 1]:
-            x = layer(x)
+            # A float32 copy with the same weights: under a mixed policy the model's own
+            # layer would compute the gradients in bfloat16 or float16.
+            config = layer.get_config()
+            config["dtype"] = "float32"
+            copy = layer.__class__.from_config(config)
+            x = copy(x)
+            copy.set_weights(layer.get_weights())
         if tuple(x.shape[1:]) != (1,):
             raise CamLayerNotFound(f"The tail after {conv.name!r} outputs {x.shape}, expected (N, 1).")
         return keras.Model(activations, x, name="cam_tail")

@@ -101,6 +101,7 @@ class FeatureStats:
     extracted: int
     from_cache: int
     cache: str | None
+    precision: str = "fp32"  # of the backbone when the features were extracted (older cards: fp32)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class Evaluation:
     out_dir: Path
     metrics: dict[str, Any]
     report: dict[str, Any]
+    precision: str = "fp32"  # what the forward pass ran in
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Scores:
 
 def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
                    threshold: float | None = None, positive: str = "yes", batch_size: int = 16,
-                   device: str = "auto", force: bool = False,
+                   device: str = "auto", precision: str = "auto", force: bool = False,
                    should_stop: Callable[[], bool] = lambda: False,
                    on_start: Callable[[int], None] | None = None,
                    progress: Callable[[int], None] | None = None) -> Evaluation:
@@ -66,6 +67,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         positive: Name of the tumour class folder.
         batch_size: Images per forward pass (as in a scan, so the probabilities are the scan's).
         device: ``auto``, ``cpu`` or ``gpu``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :func:`triage.model.choose_precision`).
         force: Replace an earlier evaluation in ``out_dir``.
         should_stop: Polled between batches; True stops with nothing written.
         on_start, progress: Progress callbacks.
@@ -81,7 +83,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         raise UsageError(f"The threshold must be in [0, 1], got {threshold}.", option="threshold")
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     labelled = index_labelled(Path(data_dir), positive, seed=None)
-    loaded = load_for_inference(model, device)
+    loaded = load_for_inference(model, device, precision=precision)
     threshold = loaded.card.threshold if threshold is None else threshold
     out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{loaded.card.model_id}")
     _check_out_dir(out_dir, force)
@@ -93,7 +95,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
     seconds = time.perf_counter() - clock
     manifest = _manifest(loaded, threshold, batch_size, started, seconds, len(scores.files))
     _write_folder(out_dir, labelled, scores, threshold, report, manifest)
-    return Evaluation(out_dir, metrics, report)
+    return Evaluation(out_dir, metrics, report, loaded.precision)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -162,6 +164,7 @@ def _manifest(loaded: InferenceModel, threshold: float, batch_size: int, started
         "threshold": threshold,
         "batch_size": batch_size,
         "device": loaded.device,
+        "precision": loaded.precision,
         "n_scored": n_scored,
         "started_at": started.isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),

@@ -20,7 +20,7 @@ import numpy as np
 from triage import __version__
 from triage.card import CARD_FILE, MODEL_FILE, ModelCard, models_root, read_card
 from triage.errors import ModelError, UsageError
-from triage.model import CAM_LAYER, load_classifier, sha256_file
+from triage.model import CAM_LAYER, gpu_available, load_classifier, sha256_file
 from triage.results import ModelSummary
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class InferenceModel:
     summary: ModelSummary
     gradcam: Any
     on_gpu: bool
+    precision: str = "fp32"  # fp32, bf16 or fp16: what the forward pass runs in
 
     @property
     def image_size(self) -> int:
@@ -90,45 +91,42 @@ class InferenceModel:
         return self.predict(batch)[1][:n]
 
 
-def _gpu_available() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def load_for_inference(model: str | Path | None = None, device: str = "auto",
-                       cam_layer: str = CAM_LAYER) -> InferenceModel:
-    """Find, load and prepare a model: mixed precision and XLA on a GPU, exact fp32 on CPU.
+                       cam_layer: str = CAM_LAYER, precision: str = "auto") -> InferenceModel:
+    """Find, load and prepare a model at a precision (see :func:`triage.model.choose_precision`).
+
+    The one place a loaded model gets its precision: fp32 exact, bf16 and fp16
+    Keras's mixed policies (float32 head, output and Grad-CAM tail); XLA on a GPU.
 
     Raises:
         ModelError: no usable model, or a card that does not fit it.
-        UsageError: a GPU was asked for and there is none.
+        UsageError: a GPU was asked for and there is none, or a precision this machine can't run.
     """
     from triage.cam import GradCam
-    from triage.model import with_dtype_policy
+    from triage.model import choose_precision, with_precision
 
     if device not in DEVICES:
         raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.", option="device")
     folder = find_model(model)
     card = read_card(folder)
-    network = load_classifier(folder / MODEL_FILE)
-    on_gpu = device != "cpu" and _gpu_available()
+    on_gpu = device != "cpu" and gpu_available()
     if device == "gpu" and not on_gpu:
         raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
+    chosen = choose_precision(precision, on_gpu)
+    network = load_classifier(folder / MODEL_FILE)
     size = card.image_size
     if tuple(network.input.shape[1:]) != (size, size, 3):
         raise ModelError(f"The model card says image size {size}, but the model takes "
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
-    if on_gpu:
-        network = with_dtype_policy(network, "mixed_float16")
-    summary = summarise(folder, card, sha256_file(folder / MODEL_FILE))
+    network = with_precision(network, chosen)
+    summary = summarise(folder, card, sha256_file(folder / MODEL_FILE), chosen)
     gradcam = GradCam(network, cam_layer, jit_compile=on_gpu)
-    log.info("model %s (%s), CAM layer %s, %s", summary.id, folder, cam_layer,
-             "GPU, mixed precision, XLA" if on_gpu else "CPU, float32")
-    return InferenceModel(folder, card, summary, gradcam, on_gpu)
+    log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
+             "GPU, XLA" if on_gpu else "CPU", chosen)
+    return InferenceModel(folder, card, summary, gradcam, on_gpu, chosen)
 
 
-def summarise(folder: Path, card: ModelCard, model_sha256: str) -> ModelSummary:
+def summarise(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32") -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -138,6 +136,7 @@ def summarise(folder: Path, card: ModelCard, model_sha256: str) -> ModelSummary:
         version=card.tool_version, threshold=card.threshold, image_size=card.image_size,
         backbone_weights=card.backbone.weights, trained_on=trained_on, trained_at=card.created_at,
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
+        precision=precision,
     )
 
 

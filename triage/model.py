@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.errors import CamLayerNotFound, ModelError, WeightsUnavailable
+from triage.errors import CamLayerNotFound, ModelError, UsageError, WeightsUnavailable
 
 if TYPE_CHECKING:
     import keras
@@ -25,6 +25,9 @@ FEATURE_LAYER = "features"
 LOGIT_LAYER = "logit"
 PREPROCESS_LAYER = "vgg19_preprocess"
 VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # Caffe-style, as keras.applications.vgg19.preprocess_input
+# The precisions a run may ask for, and the Keras dtype policy of each (None: plain float32).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPE_POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 IMAGENET_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + IMAGENET_WEIGHTS_FILE
@@ -236,17 +239,74 @@ def cam_layer(model: "keras.Model", name: str = CAM_LAYER) -> "keras.layers.Laye
     return layer
 
 
+def gpu_available() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU does bfloat16 arithmetic natively (flag ``avx512_bf16`` or ``amx_bf16``, Linux).
+
+    Anywhere ``cpuinfo`` can't be read (another system) the answer is no.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags") and ":" in line), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def choose_precision(requested: str, on_gpu: bool) -> str:
+    """The precision a run uses: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` is fp16 on a GPU and fp32 on a CPU: bf16 is several times faster on a
+    CPU with native bfloat16, but it moved probabilities by up to 0.1 and flipped
+    borderline decisions in ``bench/precision.py``, so it is asked for, never chosen
+    behind a user's back.
+
+    Raises:
+        UsageError: an unknown precision, fp16 without a GPU, or bf16 on a CPU without native bfloat16.
+    """
+    if requested not in PRECISIONS:
+        raise UsageError(f"The precision must be one of {', '.join(PRECISIONS)}, got {requested!r}.",
+                         option="precision")
+    if requested == "auto":
+        return "fp16" if on_gpu else "fp32"
+    if requested == "fp16" and not on_gpu:
+        raise UsageError("fp16 runs only on a GPU, and none is in use: on a CPU choose bf16 (where the "
+                         "CPU has native bfloat16) or fp32.", option="precision")
+    if requested == "bf16" and not on_gpu and not cpu_has_bf16():
+        raise UsageError("This CPU has no native bfloat16 (AVX512_BF16 or AMX), so bf16 would run "
+                         "slower than fp32 here: choose fp32.", option="precision")
+    return requested
+
+
+def with_precision(model: "keras.Model", precision: str) -> "keras.Model":
+    """The network to run at ``precision`` (see :func:`choose_precision`): the model itself for fp32."""
+    policy = DTYPE_POLICIES[precision]
+    return with_dtype_policy(model, policy) if policy else model
+
+
 def with_dtype_policy(model: "keras.Model", policy: str) -> "keras.Model":
     """The same network under another dtype policy (e.g. ``mixed_float16`` on a GPU).
 
-    The probability stays float32, as mixed precision requires of outputs.
+    Only the backbone (preprocessing and VGG19 blocks) takes the policy: the
+    pooled features, the dense head and the probability stay float32. They
+    cost next to nothing, and so the features, the logit and the probability
+    are not rounded to 8 or 11 bits.
     """
     keras = _keras()
+    names = [layer.name for layer in model.layers]
+    exact = set(names[names.index(FEATURE_LAYER):]) if FEATURE_LAYER in names else {"probability"}
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
-        if not isinstance(layer, keras.layers.InputLayer) and layer.name != "probability":
-            config["dtype"] = policy
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = "float32" if layer.name in exact else policy
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)

@@ -300,7 +300,15 @@ def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
         ("Validation sensitivity", _metric(model.val_sensitivity)),
         ("Validation specificity", _metric(model.val_specificity)),
         ("Backbone weights", model.backbone_weights),
+        ("Precision of this run", _PRECISION_LABELS.get(model.precision, model.precision)),
     ]
+
+
+_PRECISION_LABELS = {
+    "fp32": "fp32 (exact)",
+    "bf16": "bf16 (mixed bfloat16 backbone; float32 head, probability and heat maps)",
+    "fp16": "fp16 (mixed float16 backbone; float32 head, probability and heat maps)",
+}
 
 
 # --------------------------------------------------------------------------- images

@@ -30,15 +30,16 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
                   threshold: float) -> dict[str, Any]:
     """What must match for a previous run's rows to be reused.
 
-    Besides the model and the options that decide a row, the batch size and
-    the device (the last float bits of a probability depend on both) and the
-    versions of the libraries that decode and score: a carried-over row must
-    equal the one a fresh scan would give.
+    Besides the model and the options that decide a row, the batch size, the
+    device (the last float bits of a probability depend on both), the precision
+    the forward pass ran in (bf16 rows are not fp32 rows) and the versions of
+    the libraries that decode and score: a carried-over row must equal the one
+    a fresh scan would give.
     """
     versions = library_versions()
     return {"model_sha256": model.summary.sha256, "threshold": threshold, "explain": options.explain,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
-            "batch_size": options.batch_size, "device": model.device,
+            "batch_size": options.batch_size, "device": model.device, "precision": model.precision,
             "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
 

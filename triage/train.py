@@ -13,7 +13,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +41,14 @@ from triage.dataset import LabelledSet, index_labelled, split
 from triage.errors import DataError, Stopped, UsageError
 from triage.features import FeatureCache, Features, default_cache_dir, extract_features
 from triage.metrics import binary_metrics, threshold_for_sensitivity
-from triage.model import CAM_LAYER, BackboneWeights, HeadConfig, resolve_backbone_weights
+from triage.model import (
+    CAM_LAYER,
+    BackboneWeights,
+    HeadConfig,
+    choose_precision,
+    gpu_available,
+    resolve_backbone_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,7 @@ class TrainConfig:
     folds: int | None = None
     positive: str = "yes"
     backbone_weights: str = "imagenet"
+    precision: str = "auto"  # of the feature extraction: auto | fp32 | bf16 | fp16
     cache: bool = True
     cache_dir: Path | None = None
 
@@ -200,6 +208,7 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         Stopped: a stop was asked for; no model folder was written.
     """
     config.validate()
+    config = replace(config, precision=choose_precision(config.precision, gpu_available()))
     started = dt.datetime.now(dt.timezone.utc)
     out_dir = Path(out_dir) if out_dir else new_model_dir(models_root())
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -208,14 +217,16 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     split(labelled.files, config.val_split)  # fails early on an empty side
     weights = resolve_backbone_weights(config.backbone_weights, seed=config.seed)
 
-    from triage.model import assemble, build_backbone, feature_extractor
+    from triage.model import assemble, build_backbone, feature_extractor, with_precision
 
     extractor = feature_extractor(build_backbone(config.image_size, weights))
-    cache = FeatureCache(config.cache_dir or default_cache_dir(), weights, config.image_size) \
-        if config.cache else None
+    cache = FeatureCache(config.cache_dir or default_cache_dir(), weights, config.image_size,
+                         config.precision) if config.cache else None
     if on_start:
         on_start(len(labelled.files))
-    extracted = extract_features([f.path for f in labelled.files], extractor, config.image_size,
+    # The saved model stays float32; only the extraction runs at the chosen precision.
+    running = with_precision(extractor, config.precision)
+    extracted = extract_features([f.path for f in labelled.files], running, config.image_size,
                                  batch_size=config.batch_size, cache=cache, should_stop=should_stop,
                                  progress=progress)
     data = _split_rows(labelled, extracted, config.val_split)
@@ -291,7 +302,7 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         cross_validation=cross_validation,
         features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
                               from_cache=extracted.from_cache,
-                              cache=str(cache.path) if cache else None),
+                              cache=str(cache.path) if cache else None, precision=config.precision),
     )
 
 
