@@ -27,8 +27,8 @@ def main() -> int:
     p.add_argument("--max-cases", type=int, default=200, help="write_pdf max_cases")
     args, data = C.parse_model_bench(p, repeats=3)
 
-    from triage.report import write_html, write_pdf
     from triage.inference import load_for_inference
+    from triage.report import write_html, write_pdf
     from triage.scoring import ScanOptions, scan_folder
 
     paths = C.dataset_images(data, args.images)

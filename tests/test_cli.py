@@ -109,7 +109,7 @@ def test_offline_imagenet_weights_message(tmp_path: Path, blob_dataset: Path,
     assert len(lines) == 1, result.output
     assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in lines[0]
     assert "keras-home/models" in lines[0]  # where to put it: the Keras cache in use
-    assert "--backbone-weights PATH" in lines[0] and "Traceback" not in result.output
+    assert "local copy (--backbone-weights)" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
 
 

@@ -69,7 +69,8 @@ def test_log_file_inside_the_input_folder_is_refused_before_it_is_opened(
     assert not (folder / "triage.log").exists() and not (tmp_path / "r.html").exists()
 
 
-def test_log_file_inside_the_model_folder_is_refused(tmp_path: Path, folder: Path, trained_model: Path) -> None:
+def test_log_file_inside_the_model_folder_is_refused(tmp_path: Path, folder: Path,
+                                                     trained_model: Path) -> None:
     log_file = trained_model / "scan.log"
     result = scan(folder, trained_model, "--out", str(tmp_path / "r.html"), "--log-file", str(log_file))
     log_file.unlink(missing_ok=True)  # it was opened before the model was known

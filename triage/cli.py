@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from triage import RESEARCH_NOTICE, __version__
-from triage.errors import LockHeld, ModelError, Stopped, TriageError
+from triage.errors import LockHeld, ModelError, OutputError, Stopped, TriageError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 5
+EXIT_OUTPUT = 6
 EXIT_INTERNAL = 70
 
 EXIT_CODES_HELP = f"""\b
@@ -37,6 +38,8 @@ Exit codes:
   {EXIT_LOCKED}   another run holds the lock on the same outputs (see --wait)
   {EXIT_INTERRUPTED}   stopped by SIGINT/SIGTERM: a scan that had begun wrote its outputs for
       what was scored (the rest not_scanned); otherwise nothing was written (the message says which)
+  {EXIT_OUTPUT}   an output could not be written (read-only or full file system, a name too long, a
+      permission): the previous outputs are intact
   {EXIT_INTERNAL}  internal error (a bug: please report it with the log)
 """
 
@@ -46,6 +49,8 @@ log = logging.getLogger("triage")
 def _exit_code(error: TriageError) -> int:
     if isinstance(error, LockHeld):
         return EXIT_LOCKED
+    if isinstance(error, OutputError):
+        return EXIT_OUTPUT
     if isinstance(error, ModelError):
         return EXIT_MODEL
     return EXIT_USAGE
@@ -60,7 +65,9 @@ def error_message(error: TriageError) -> str:
     return f"{text.rstrip('.')} ({flag})."
 
 
-def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool = False) -> None:
+def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool = False,
+                   input_dir: Path | None = None) -> None:
+    """Console and log-file handlers; a log file inside ``input_dir`` is refused before it is opened."""
     from triage.quiet import silence_libraries
 
     log.setLevel(logging.INFO)
@@ -70,6 +77,10 @@ def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool = False) ->
     console.setLevel(logging.ERROR if quiet else logging.WARNING)
     console.setFormatter(logging.Formatter("triage: %(message)s"))
     log.addHandler(console)
+    if log_file and input_dir is not None:
+        from triage.run import check_writes
+
+        check_writes([("the log file", "log_file", log_file)], input_dir, None)
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -129,18 +140,32 @@ class Progress:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM: the first asks the scan to stop after the current batch."""
+    """SIGINT/SIGTERM: the first asks the run to stop after the current batch.
+
+    A second Ctrl-C stops at once, before any output is replaced; once the
+    outputs are being written (``phase`` "writing") it waits for them, so they
+    are either all the previous run's or all this run's.
+    """
 
     def __init__(self) -> None:
         self.stopping = False
+        self.phase = "starting"
+        self.pressed_twice = False
 
     def __call__(self) -> bool:
         return self.stopping
 
+    def on_phase(self, phase: str) -> None:
+        self.phase = phase
+
     def install(self) -> None:
         def handler(signum: int, frame: Any) -> None:
             if self.stopping and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
+                self.pressed_twice = True
+                if self.phase != "writing":
+                    raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
+                log.warning("SIGINT again: finishing the outputs already being written")
+                return
             self.stopping = True
             log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
 
@@ -184,7 +209,17 @@ def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """--device, shared by scan and evaluate."""
     return click.option(
         "--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-        help="auto uses a GPU when TensorFlow sees one (mixed precision + XLA), else CPU (fp32).",
+        help="auto uses a GPU when TensorFlow sees one (with XLA), else the CPU.",
+    )(command)
+
+
+def precision_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--precision, shared by train (feature extraction), scan and evaluate."""
+    return click.option(
+        "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+        show_default=True,
+        help="fp32 exact; bf16 mixed bfloat16 (GPU, or a CPU with native bfloat16); fp16 mixed "
+             "float16 (GPU only). auto: fp16 on a GPU, fp32 on a CPU.",
     )(command)
 
 
@@ -226,12 +261,14 @@ def main() -> None:
               help="ImageNet weights from Keras's cache (or its download), a local .h5 file, "
                    "or `random` (tests and smoke runs only).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+@precision_option
 @runtime_options
 @handle_errors
 def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_split: float, seed: int,
           learning_rate: float, l2: float, dropout: float, threshold: float,
           target_sensitivity: float | None, folds: int | None, positive: str, backbone_weights: str,
-          no_cache: bool, batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
+          no_cache: bool, precision: str, batch_size: int | None, quiet: bool, log_file: Path | None,
+          verbose: bool) -> int:
     """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
 
     The frozen backbone runs once per image (features are cached); the head
@@ -243,7 +280,7 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
       triage train ../brain_tumor_dataset --epochs 30
     """
     started = monotonic()
-    _setup_logging(quiet, log_file, verbose)
+    _setup_logging(quiet, log_file, verbose, data_dir)
     from triage.metrics import format_metric
     from triage.quiet import metric_summary
     from triage.train import TrainConfig, train_model
@@ -252,7 +289,7 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
         epochs=epochs, image_size=image_size, batch_size=batch_size or 32, val_split=val_split,
         seed=seed, learning_rate=learning_rate, l2=l2, dropout=dropout, threshold=threshold,
         target_sensitivity=target_sensitivity, folds=folds, positive=positive,
-        backbone_weights=backbone_weights, cache=not no_cache,
+        backbone_weights=backbone_weights, cache=not no_cache, precision=precision,
     )
     interactive = _interactive(quiet)
     bar = Progress(interactive, desc="features")
@@ -295,6 +332,7 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
             click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
     summary = (f"triage train {data_dir}: model {result.out_dir}, {images}; "
                f"validation {metric_summary(metrics)}; threshold {card.threshold:.3f}; "
+               f"precision {card.features.precision if card.features else 'fp32'}; "
                f"{monotonic() - started:.1f} s")
     log.info("%s", summary)
     click.echo(summary)
@@ -310,10 +348,11 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
 @click.option("--positive", default="yes", show_default=True, help="Name of the tumour class sub-folder.")
 @click.option("--force", is_flag=True, help="Replace an earlier evaluation in the --out folder.")
 @device_option
+@precision_option
 @runtime_options
 @handle_errors
 def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Path | None,
-             positive: str, force: bool, device: str, batch_size: int | None, quiet: bool,
+             positive: str, force: bool, device: str, precision: str, batch_size: int | None, quiet: bool,
              log_file: Path | None, verbose: bool) -> int:
     """Measure a model on DATA_DIR (labelled like the training folder).
 
@@ -326,7 +365,7 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
       triage evaluate ./labelled_folder --model models/vgg19-20261125-101500-ab12cd
     """
     started = monotonic()
-    _setup_logging(quiet, log_file, verbose)
+    _setup_logging(quiet, log_file, verbose, data_dir)
     from triage.evaluate import evaluate_model
     from triage.metrics import format_metric
     from triage.quiet import metric_summary
@@ -336,8 +375,8 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
     stop.install()
     try:
         result = evaluate_model(data_dir, out, model=model, threshold=threshold, positive=positive,
-                                batch_size=batch_size or 16, device=device, force=force,
-                                should_stop=stop, on_start=bar.start, progress=bar.update)
+                                batch_size=batch_size or 16, device=device, precision=precision,
+                                force=force, should_stop=stop, on_start=bar.start, progress=bar.update)
     finally:
         bar.close()
     metrics = result.metrics
@@ -357,7 +396,8 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
     summary = (f"triage evaluate {data_dir}: model {result.report['model']['id']}, {metrics['n']} images, "
                f"{len(skipped)} skipped; {metric_summary(metrics)}; "
                f"TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
-               f"threshold {metrics['threshold']:.3f}; {monotonic() - started:.1f} s -> {result.out_dir}")
+               f"threshold {metrics['threshold']:.3f}; precision {result.precision}; "
+               f"{monotonic() - started:.1f} s -> {result.out_dir}")
     log.info("%s", summary)
     click.echo(summary)
     return EXIT_OK
@@ -375,13 +415,14 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
 @click.option("--max-report-cases", type=click.IntRange(min=1), default=200, show_default=True,
               help="Flagged scans shown in the PDF at most (the HTML and CSV hold all).")
 @device_option
+@precision_option
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
 @runtime_options
 @handle_errors
 def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, threshold: float | None,
-         explain: str, max_report_cases: int, device: str, full: bool, wait: float,
+         explain: str, max_report_cases: int, device: str, precision: str, full: bool, wait: float,
          batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
     """Score every image under INPUT_DIR; write the CSV and the HTML/PDF report.
 
@@ -394,7 +435,7 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     Example:
       triage scan ./incoming --out reports/report.pdf
     """
-    _setup_logging(quiet, log_file, verbose)
+    _setup_logging(quiet, log_file, verbose, input_dir)
     from triage.run import run_scan
     from triage.scoring import ScanOptions
 
@@ -402,11 +443,13 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     stop.install()
     bar = Progress(_interactive(quiet), desc="scan")
     log.info("scan %s -> %s", input_dir, out)
-    options = ScanOptions(threshold=threshold, explain=explain, batch_size=batch_size or 16, device=device)
+    options = ScanOptions(threshold=threshold, explain=explain, batch_size=batch_size or 16, device=device,
+                          precision=precision)
     try:
         result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=options,
                                  max_report_cases=max_report_cases, full=full, wait=wait,
-                                 should_stop=stop, on_found=bar.start, progress=bar.update)
+                                 log_file=log_file, should_stop=stop, on_phase=stop.on_phase,
+                                 on_found=bar.start, progress=bar.update)
     finally:
         bar.close()
     counts = result.counts()
@@ -414,7 +457,8 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
                f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
                f"{counts['failed']} failed, {counts['skipped']} skipped"
                + (f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else "")
-               + f"; threshold {result.threshold:.3f}; {result.seconds:.1f} s"
+               + f"; threshold {result.threshold:.3f}; precision {result.model.precision}"
+               + f"; {result.seconds:.1f} s"
                + f" -> {paths.pdf or paths.html}")
     log.info("%s", summary)
     click.echo(summary)
@@ -425,5 +469,22 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     if not quiet:
         click.echo(RESEARCH_NOTICE, err=True)
     if result.interrupted:
+        if stop.pressed_twice:
+            log.warning("interrupted twice: every output is this run's, complete for what was scored")
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+def entry_point() -> None:
+    """The installed ``triage`` command: :func:`main`, then signals ignored while Python shuts down.
+
+    Python puts SIGINT/SIGTERM back to their default (death) while it
+    finalizes, and unloading TensorFlow takes a moment: a SIGTERM then would
+    turn a finished run's exit code into 143. Once the command has returned,
+    every output is written, so there is nothing left to stop.
+    """
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -2,8 +2,9 @@
 
 The backbone is frozen, so its 512-d pooled output per image is all the head
 ever needs: extract it once, train the head on it as often as you like. The
-cache is keyed by file content (sha256), backbone weights (sha256), image size
-and preprocessing version; a cache file that fails any check is rebuilt, never
+cache is keyed by file content (sha256), backbone weights (sha256), image size,
+preprocessing version and the precision the backbone ran in (bf16 features
+never mix with fp32 ones); a cache file that fails any check is rebuilt, never
 trusted.
 """
 
@@ -20,10 +21,10 @@ import numpy as np
 
 from triage.atomic import atomic_write
 from triage.errors import Stopped
-from triage.images import decode_file, read_file
+from triage.images import read_file
 from triage.model import BackboneWeights
-from triage.predictor import Decoded, Stop, predict
-from triage.preprocess import PREPROCESS_VERSION, resize_for_model
+from triage.predictor import Decoded, Stop, decode_for_model, predict
+from triage.preprocess import PREPROCESS_VERSION
 
 if TYPE_CHECKING:
     import keras
@@ -42,10 +43,13 @@ def default_cache_dir() -> Path:
 
 
 class FeatureCache:
-    """A map sha256 -> feature vector for one (weights, image size, preprocessing)."""
+    """A map sha256 -> feature vector for one (weights, image size, preprocessing, precision)."""
 
-    def __init__(self, directory: Path, weights: BackboneWeights, image_size: int) -> None:
-        name = f"vgg19-{weights.sha256[:20]}-{image_size}px-p{PREPROCESS_VERSION}.npz"
+    def __init__(self, directory: Path, weights: BackboneWeights, image_size: int,
+                 precision: str = "fp32") -> None:
+        # fp32 keeps the name caches had before precisions existed: those are fp32 features.
+        tail = "" if precision == "fp32" else f"-{precision}"
+        name = f"vgg19-{weights.sha256[:20]}-{image_size}px-p{PREPROCESS_VERSION}{tail}.npz"
         self.path = directory / name
         self._vectors: dict[str, np.ndarray] = {}
         self._dirty = False
@@ -128,8 +132,7 @@ def extract_features(
         known = cache.get(digest) if cache is not None else None
         if known is not None:  # no need to decode
             return Decoded(None, (digest, known))
-        image = decode_file(paths[index], digest, data)
-        return Decoded(resize_for_model(image.pixels, image_size), (digest, None))
+        return Decoded(decode_for_model(paths[index], digest, data, image_size).pixels, (digest, None))
 
     def run(batch: np.ndarray, n: int) -> np.ndarray:
         return np.asarray(extractor.predict_on_batch(batch), dtype=np.float32)[:n]

@@ -94,6 +94,7 @@ class ModelSummary:
     trained_at: str
     val_sensitivity: tuple[float, float, float, int] | None  # value, CI low, CI high, n
     val_specificity: tuple[float, float, float, int] | None
+    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
 
     @property
     def random_backbone(self) -> bool:
@@ -178,9 +179,13 @@ def _cell(value: object) -> str:
 
 
 def csv_text(result: ScanResult) -> str:
-    """The CSV of a run: one row per file found, in the run's (path-sorted) order."""
+    """The CSV of a run: one row per file found, in the run's (path-sorted) order.
+
+    Lines end in ``\\r\\n`` (RFC 4180), so a field that holds a carriage return
+    or a line feed (a file name may) is quoted, and read back whole.
+    """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for case in result.cases:
         writer.writerow([
@@ -198,6 +203,6 @@ def write_csv(result: ScanResult, path: str | Path) -> None:
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """Read a CSV written by :func:`write_csv` back as a list of row dicts."""
+    """Read a CSV written by :func:`write_csv` back as a list of row dicts, each field exactly."""
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))

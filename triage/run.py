@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from triage.atomic import atomic_write_text
-from triage.errors import Stopped, UsageError
-from triage.inference import load_for_inference
+from triage.errors import OutputError, Stopped, UsageError
+from triage.inference import find_model, load_for_inference
 from triage.lock import OutputLock
 from triage.results import ScanResult, write_csv
 from triage.scoring import ScanOptions, scan_folder
@@ -44,6 +44,20 @@ class OutputPaths:
     run_json: Path
     state: Path
     lock: Path
+
+    @property
+    def locks(self) -> list[Path]:
+        """One lock per folder the run writes in, in a fixed order (so two runs never deadlock)."""
+        folders = {self.lock.parent.resolve(), self.csv.parent.resolve()}
+        return sorted(folder / self.lock.name for folder in folders)
+
+    def written(self) -> list[tuple[str, str, Path]]:
+        """(what, the setting that names it, path) of everything the run writes."""
+        found = [("the HTML report", "out", self.html), ("the PDF report", "out", self.pdf),
+                 ("the CSV", "csv", self.csv), ("the heat-map folder", "out", self.heatmaps),
+                 ("run.json", "out", self.run_json), ("the state file", "out", self.state)]
+        found += [("a lock file", "out", lock) for lock in self.locks]
+        return [(what, option, path) for what, option, path in found if path is not None]
 
     @classmethod
     def for_report(cls, out: Path, csv: Path | None = None) -> "OutputPaths":
@@ -82,6 +96,7 @@ def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
         "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
                   "backbone_weights": model.backbone_weights, "image_size": model.image_size},
         "threshold": result.threshold,
+        "precision": model.precision,
         "cam_layer": result.cam_layer,
         "explain": result.explain,
         "counts": result.counts(),
@@ -120,7 +135,8 @@ def _remove_stray_temporaries(paths: OutputPaths) -> None:
 def run_scan(
     input_dir: Path, out: Path, *, csv: Path | None = None, model: str | Path | None = None,
     options: ScanOptions = ScanOptions(), max_report_cases: int = 200, full: bool = False,
-    wait: float = 0.0, should_stop: Callable[[], bool] = lambda: False,
+    wait: float = 0.0, log_file: Path | None = None, should_stop: Callable[[], bool] = lambda: False,
+    on_phase: Callable[[str], None] = lambda phase: None,
     on_found: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
 ) -> tuple[ScanResult, OutputPaths]:
     """Scan a folder and write every output, incrementally when the previous run allows.
@@ -134,39 +150,67 @@ def run_scan(
         max_report_cases: Flagged cases in the PDF at most (the HTML holds all).
         full: Rescan everything even when the previous run's rows could be reused.
         wait: Seconds to wait for another run holding the same outputs.
+        log_file: The run's log file, checked against the other paths like an output.
         should_stop: Polled between batches (SIGINT/SIGTERM).
+        on_phase: Told ``"scanning"``, ``"writing"`` (the outputs are being replaced:
+            from here on all of them become this run's) and ``"written"``.
         on_found, progress: Progress callbacks, see :func:`triage.scoring.scan_folder`.
 
     Returns:
         The result and where it was written.
 
     Raises:
-        UsageError, ModelError, LockHeld: see :mod:`triage.errors`.
+        UsageError, ModelError, LockHeld, OutputError: see :mod:`triage.errors`.
         Stopped: ``should_stop`` said stop before scanning began; no output was changed.
     """
     input_dir = Path(input_dir)
-    paths = _check_request(input_dir, out, csv, options, max_report_cases)
-    with OutputLock(paths.lock, wait, should_stop=should_stop):
-        _remove_stray_temporaries(paths)
-        loaded = load_for_inference(model, options.device, options.cam_layer)
-        threshold = loaded.summary.threshold if options.threshold is None else options.threshold
-        settings = scan_settings(loaded, options, input_dir, threshold)
-        reuse = _previous_rows(paths, settings, full)
-        if should_stop():
-            raise Stopped("the scan had not begun; no output was changed")
-        result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
-                             report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
-                             on_found=on_found, progress=progress)
-        write_outputs(result, paths, settings, max_report_cases)
-    return result, paths
+    try:
+        paths, folder = _check_request(input_dir, out, csv, model, options, max_report_cases, log_file)
+        with contextlib.ExitStack() as locks:
+            for lock in paths.locks:
+                locks.enter_context(OutputLock(lock, wait, should_stop=should_stop))
+            return _locked_run(input_dir, paths, folder, options, max_report_cases, full, should_stop,
+                               on_phase, on_found, progress), paths
+    except OSError as error:
+        raise OutputError(_output_failure(error)) from error
 
 
-def _check_request(input_dir: Path, out: Path, csv: Path | None, options: ScanOptions,
-                   max_report_cases: int) -> OutputPaths:
-    """Everything that can be checked before the lock is taken.
+def _locked_run(input_dir: Path, paths: OutputPaths, folder: Path, options: ScanOptions,
+                max_report_cases: int, full: bool, should_stop: Callable[[], bool],
+                on_phase: Callable[[str], None], on_found: Callable[[int], None] | None,
+                progress: Callable[[int], None] | None) -> ScanResult:
+    _remove_stray_temporaries(paths)
+    loaded = load_for_inference(folder, options.device, options.cam_layer, options.precision)
+    threshold = loaded.summary.threshold if options.threshold is None else options.threshold
+    settings = scan_settings(loaded, options, input_dir, threshold)
+    reuse = _previous_rows(paths, settings, full)
+    if should_stop():
+        raise Stopped("the scan had not begun; no output was changed")
+    on_phase("scanning")
+    result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
+                         report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
+                         on_found=on_found, progress=progress)
+    on_phase("writing")
+    write_outputs(result, paths, settings, max_report_cases)
+    on_phase("written")
+    return result
+
+
+def _output_failure(error: OSError) -> str:
+    """One sentence for an output the file system refused (read-only, full, name too long, ...)."""
+    where = error.filename if error.filename else "an output"
+    return (f"Cannot write {where}: {error.strerror or error}; the previous outputs are unchanged, "
+            f"or all of them are this run's.")
+
+
+def _check_request(input_dir: Path, out: Path, csv: Path | None, model: str | Path | None,
+                   options: ScanOptions, max_report_cases: int,
+                   log_file: Path | None) -> tuple[OutputPaths, Path]:
+    """Everything that can be checked before the lock is taken; returns the paths and the model folder.
 
     Raises:
-        UsageError: a bad setting, a missing input folder, or outputs inside it.
+        UsageError: a bad setting, a missing input folder, or outputs that clash.
+        ModelError: no model.
     """
     options.validate()
     if max_report_cases < 1:
@@ -175,10 +219,39 @@ def _check_request(input_dir: Path, out: Path, csv: Path | None, options: ScanOp
     if not input_dir.is_dir():
         raise UsageError(f"Input folder {input_dir} does not exist or is not a folder.")
     paths = OutputPaths.for_report(out, csv)
-    if paths.heatmaps.resolve().is_relative_to(input_dir.resolve()) or \
-            paths.csv.resolve().parent.is_relative_to(input_dir.resolve()):
-        raise UsageError("Outputs must not go inside the input folder (they would be scanned next time).")
-    return paths
+    folder = find_model(model)
+    check_writes(paths.written() + ([("the log file", "log_file", log_file)] if log_file else []),
+                 input_dir, folder)
+    return paths, folder
+
+
+def check_writes(written: list[tuple[str, str, Path]], input_dir: Path, model_folder: Path | None) -> None:
+    """No path the run writes lies in the input or the model folder, or on another output.
+
+    Raises:
+        UsageError: one sentence naming the first clash.
+    """
+    protected = [("the input folder", input_dir.resolve())]
+    if model_folder is not None:
+        protected.append(("the model folder", model_folder.resolve()))
+    resolved = [(what, option, path, path.resolve()) for what, option, path in written]
+    for what, option, path, real in resolved:
+        for name, folder in protected:
+            if real.is_relative_to(folder):
+                raise UsageError(f"{_sentence(what)} {path} would be written inside {name} {folder}.",
+                                 option=option)
+        if real.exists() and real.is_dir() and what != "the heat-map folder":
+            raise UsageError(f"{_sentence(what)} {path} is a folder.", option=option)
+    for i, (what, option, path, real) in enumerate(resolved):
+        for other, other_option, _, other_real in resolved[i + 1:]:
+            if real == other_real or real.is_relative_to(other_real) or other_real.is_relative_to(real):
+                blamed = other_option if option == "out" else option  # the path named on its own
+                raise UsageError(f"{_sentence(what)} and {other} would both be written at {path}.",
+                                 option=blamed)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> dict[str, Any]:
