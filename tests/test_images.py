@@ -394,7 +394,7 @@ def build_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, str | None]]:
         "a.png": None, odd: None, "nested/deeper/b.jpg": None, "nested/c.bmp": None,
         "noext": None, "notes.txt": None, "fake.jpg": None, "link_in.png": None,
         ".hidden.png": "skipped", ".DS_Store": "skipped", "Thumbs.db": "skipped",
-        "desktop.ini": "skipped", "._a.png": "skipped", "dirlink": "skipped",
+        "desktop.ini": "skipped", "._a.png": "skipped", "dirlink": "skipped", ".git": "skipped",
         "link_out.png": "link_outside", "dirlink_out": "link_outside",
         "dangling.png": "link_broken", "loop_a": "link_broken", "loop_b": "link_broken",
         "pipe": "unsupported",
@@ -413,7 +413,7 @@ def test_discover_accounts_for_every_file_once(tmp_path: Path) -> None:
     before = snapshot(root, outside)
     rows = list(discover(root))
     relpaths = [row.relpath for row in rows]
-    assert relpaths == sorted(expected)  # each once, in relpath order, nothing from .git
+    assert relpaths == sorted(expected)  # each once, in relpath order, nothing from inside .git
     assert {row.relpath: row.status for row in rows} == expected
     assert [row.relpath for row in discover(root)] == relpaths  # stable
     for row in rows:
@@ -428,6 +428,7 @@ def test_discover_accounts_for_every_file_once(tmp_path: Path) -> None:
     by_path = {row.relpath: row for row in rows}
     assert by_path["link_in.png"].path == (root / "a.png").resolve()
     assert "not followed" in by_path["dirlink"].reason
+    assert by_path[".git"].reason == "hidden folder, not read"
 
     outcomes: dict[str, str] = {}
     hashes: dict[str, str] = {}
