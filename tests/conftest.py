@@ -62,8 +62,12 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, blob_dataset: Path) 
     mp.setenv("TRIAGE_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
     try:
         out = tmp_path_factory.mktemp("model") / "blob-model"
+        # The random backbone's pooled features differ little between images at 32 px: without
+        # the L2 penalty and with a larger step the head separates blobs from noise reliably
+        # (validation accuracy 1.0 over seeds), so the scores of this model mean something.
         train_model(blob_dataset, out, TrainConfig(
-            epochs=40, image_size=IMAGE_SIZE, backbone_weights="random", seed=1337))
+            epochs=40, image_size=IMAGE_SIZE, backbone_weights="random", seed=1337, l2=0.0,
+            learning_rate=0.01))
     finally:
         mp.undo()
     return out

@@ -69,19 +69,38 @@ def test_png_8bit_rgb_exact_with_hash(tmp_path: Path) -> None:
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_png_16bit_gray_and_rgb_keep_high_byte(tmp_path: Path) -> None:
+def _stretched(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    return np.rint((values - values.min()) / (values.max() - values.min()) * 255).astype(np.uint8)
+
+
+def test_png_16bit_gray_is_stretched_and_rgb_keeps_high_byte(tmp_path: Path) -> None:
     gray16 = rng().integers(0, 65536, (9, 7), dtype=np.uint16)
     path = save(Image.fromarray(gray16), tmp_path / "g16.png")
     loaded = read_image(path)
     check_pixels(loaded.pixels, 9, 7)
     for channel in range(3):
-        np.testing.assert_array_equal(loaded.pixels[:, :, channel], gray16 >> 8)
+        np.testing.assert_array_equal(loaded.pixels[:, :, channel], _stretched(gray16))
 
     rgb16 = rng().integers(0, 65536, (5, 6, 3), dtype=np.uint16)
     ok, encoded = cv2.imencode(".png", rgb16[:, :, ::-1])  # OpenCV writes BGR
     assert ok
     (tmp_path / "rgb16.png").write_bytes(encoded.tobytes())
     np.testing.assert_array_equal(read_image(tmp_path / "rgb16.png").pixels, rgb16 >> 8)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_12_bit_mri_in_16_bits_decodes_like_its_8_bit_version(tmp_path: Path, suffix: str) -> None:
+    """A 12-bit scan (0..4095) stored in 16 bits is not cut to its high byte (nearly black)."""
+    scan = np.zeros((64, 64), dtype=np.float64)
+    yy, xx = np.mgrid[:64, :64]
+    scan[(yy - 32) ** 2 + (xx - 32) ** 2 < 500] = 1500.0
+    scan[(yy - 28) ** 2 + (xx - 38) ** 2 < 40] = 4095.0  # the bright lesion
+    twelve_bit = scan.astype(np.uint16)
+    eight_bit = np.rint(scan / 4095 * 255).astype(np.uint8)
+    wide = read_image(save(Image.fromarray(twelve_bit), tmp_path / f"twelve{suffix}")).pixels
+    narrow = read_image(save(Image.fromarray(eight_bit), tmp_path / f"eight{suffix}")).pixels
+    assert wide.max() == 255 and np.abs(wide.astype(int) - narrow.astype(int)).max() <= 1
 
 
 def test_palette_png_maps_through_palette(tmp_path: Path) -> None:
@@ -157,7 +176,7 @@ def test_bmp_tiff16_gif_and_float_tiff(tmp_path: Path) -> None:
     gray16 = rng().integers(0, 65536, (4, 6), dtype=np.uint16)
     loaded = read_image(save(Image.fromarray(gray16), tmp_path / "x.tif"))
     assert loaded.format == "TIFF"
-    np.testing.assert_array_equal(loaded.pixels[:, :, 2], gray16 >> 8)
+    np.testing.assert_array_equal(loaded.pixels[:, :, 2], _stretched(gray16))
 
     frames = [Image.new("RGB", (4, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     path = save(frames[0], tmp_path / "anim.gif", save_all=True, append_images=frames[1:])

@@ -151,19 +151,17 @@ def test_output_head_and_cam_tail_stay_float32(trained_model: Path, precision: s
 
 
 def test_feature_cache_keeps_precisions_apart(blob_dataset: Path, tmp_path: Path, native_bf16: None) -> None:
-    from triage.features import FeatureCache
+    from triage.features import FeatureCache, cache_key
     from triage.model import resolve_backbone_weights
     from triage.train import TrainConfig, train_model
 
     weights = resolve_backbone_weights("random")
-    paths = {p: FeatureCache(tmp_path, weights, IMAGE_SIZE, p).path for p in ("fp32", "bf16", "fp16")}
-    assert len(set(paths.values())) == 3
-    assert paths["fp32"].name.endswith("px-p1.npz")  # the name caches had before precisions: fp32
-    cache = FeatureCache(tmp_path, weights, IMAGE_SIZE, "bf16")
-    cache.put("a" * 64, np.ones(512))
-    cache.save()
-    assert FeatureCache(tmp_path, weights, IMAGE_SIZE, "fp32").get("a" * 64) is None
-    assert FeatureCache(tmp_path, weights, IMAGE_SIZE, "bf16").get("a" * 64) is not None
+    caches = {p: FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, p)) for p in ("fp32", "bf16", "fp16")}
+    assert len({cache.path for cache in caches.values()}) == 3
+    caches["bf16"].put("a" * 64, np.ones(512), "f" * 64)
+    caches["bf16"].save()
+    assert FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, "fp32")).get("a" * 64) is None
+    assert FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, "bf16")).get("a" * 64) is not None
 
     def train(precision: str, out: str) -> object:
         return train_model(blob_dataset, tmp_path / out, TrainConfig(

@@ -54,7 +54,8 @@ def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
     assert len(card.history["val_accuracy"]) == 40
     assert card.split.train.n + card.split.validation.n == 80
     assert card.split.validation.n == 16
-    assert card.hyperparameters.l2 == 0.01 and card.hyperparameters.dropout == 0.35
+    assert card.hyperparameters.l2 == 0.0 and card.hyperparameters.learning_rate == 0.01
+    assert card.hyperparameters.dropout == 0.35
     assert card.backbone.weights == "random" and "RANDOM BACKBONE" in card.warning
     assert (card.data.class_names.negative, card.data.class_names.positive) == ("no", "yes")
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
@@ -66,17 +67,17 @@ def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
 def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dataset: Path) -> None:
     import keras
 
-    from triage.features import FeatureCache, default_cache_dir
+    from triage.features import FeatureCache, cache_key, default_cache_dir
     from triage.images import read_image
     from triage.model import FEATURE_LAYER, load_classifier, resolve_backbone_weights
     from triage.preprocess import resize_for_model
 
     model = load_classifier(trained_model / MODEL_FILE)
     card = read_card(trained_model)
-    cache = FeatureCache(default_cache_dir(), resolve_backbone_weights("random", 1337), IMAGE_SIZE)
+    cache = FeatureCache(default_cache_dir(), cache_key(resolve_backbone_weights("random", 1337), IMAGE_SIZE))
     files = [blob_dataset / p for p in card.split.validation_files]
     images = [read_image(p) for p in files]
-    kept = np.stack([cache.get(image.sha256) for image in images])
+    kept = np.stack([cache.get(image.sha256)[0] for image in images])
     names = [layer.name for layer in model.layers]
     x = keras.ops.convert_to_tensor(kept)
     for layer in model.layers[names.index(FEATURE_LAYER) + 1:]:
@@ -100,6 +101,40 @@ def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path: Path, blob_dataset: Pa
     again = train_model(blob_dataset, tmp_path / "c", TrainConfig(
         epochs=2, image_size=IMAGE_SIZE, backbone_weights="random", learning_rate=1e-2))
     assert again.card.features.from_cache == 80
+
+
+def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights, image size, preprocessing, decoder, library versions, precision, device: each one
+    changed gives another cache, which does not hold what the first one holds."""
+    import triage.features as features
+    from triage.model import resolve_backbone_weights
+
+    weights = resolve_backbone_weights("random", 1337)
+    base = features.cache_key(weights, IMAGE_SIZE)
+    first = features.FeatureCache(tmp_path, base)
+    first.put("a" * 64, np.ones(512), "f" * 64)
+    first.save()
+    assert features.FeatureCache(tmp_path, base).get("a" * 64) is not None
+    variants = {
+        "weights": features.cache_key(resolve_backbone_weights("random", 7), IMAGE_SIZE),
+        "image size": features.cache_key(weights, IMAGE_SIZE * 2),
+        "precision": features.cache_key(weights, IMAGE_SIZE, "bf16"),
+        "device": features.cache_key(weights, IMAGE_SIZE, device="gpu"),
+    }
+    for name, value in (("preprocess", "PREPROCESS_VERSION"), ("decoder", "DECODER_VERSION")):
+        with monkeypatch.context() as patch:
+            patch.setattr(features, value, getattr(features, value) + 1)
+            variants[name] = features.cache_key(weights, IMAGE_SIZE)
+    real = features._version
+    for library in ("tensorflow", "keras", "pillow", "pydicom", "opencv-python-headless"):
+        with monkeypatch.context() as patch:
+            patch.setattr(features, "_version", lambda n, lib=library: "0.0-other" if n == lib else real(n))
+            variants[library] = features.cache_key(weights, IMAGE_SIZE)
+    assert len(variants) == 11
+    for name, key in variants.items():
+        assert key != base, name
+        assert features.FeatureCache(tmp_path, key).get("a" * 64) is None, name
 
 
 def test_no_cache_option(tmp_path: Path, blob_dataset: Path) -> None:

@@ -174,7 +174,7 @@ def check_outputs(out: Path, *, pdf: bool = True, complete: bool = True) -> Outp
         assert tmp.name.startswith(".") and tmp.name not in finals, tmp
 
     csv_bytes = (out / "report.csv").read_bytes()
-    assert csv_bytes.decode("utf-8").split("\n", 1)[0] == ",".join(CSV_COLUMNS)
+    assert csv_bytes.decode("utf-8").splitlines()[0] == ",".join(CSV_COLUMNS)
     assert csv_bytes.endswith(b"\n")
     rows = read_csv(out / "report.csv")
     for row in rows:

@@ -22,7 +22,9 @@ from triage.errors import ModelError
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 CURVES_FILE = "training_curves.png"
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
+# Schema 1 cards (before copies and threshold sources) read with those fields empty.
+READABLE_SCHEMAS = (1, 2)
 RANDOM_WARNING = "RANDOM BACKBONE: built for tests and smoke runs only; its scores mean nothing."
 
 
@@ -75,7 +77,7 @@ class ClassCounts:
 
 @dataclass(frozen=True)
 class Split:
-    method: str
+    method: str  # "grouped" (copy groups kept on one side) or "keras" (the thesis's file-for-file split)
     val_split: float
     seed: int
     train: ClassCounts
@@ -110,6 +112,26 @@ class CrossValidation:
     method: str
     seed: int
     metrics: dict[str, Any]
+    thresholds: tuple[float, ...] = ()  # each fold's own, chosen on its training part
+
+
+@dataclass(frozen=True)
+class Copies:
+    """Copies of one scan in the training data (see :mod:`triage.copies`) and where the split put them."""
+
+    method: str
+    groups: int
+    files_in_groups: int
+    validation_with_copy_in_training: int
+    validation_files_with_copy: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """Content hashes of the images the head was fitted on (no pixels), to recognise their copies later."""
+
+    sha256s: tuple[str, ...] = ()
+    fingerprints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,11 @@ class ModelCard:
     history: dict[str, list[float]] = field(default_factory=dict)
     cross_validation: CrossValidation | None = None
     features: FeatureStats | None = None
+    threshold_source: str = "default"  # "default", "fixed" or "out-of-fold" (of the training part)
+    target_sensitivity: float | None = None
+    copies: Copies | None = None
+    validation_metrics_clean: dict[str, Any] | None = None  # keras split: validation without copies
+    training_images: TrainingImages = field(default_factory=TrainingImages)
     preprocessing: str = ("decode as RGB, resize bilinear (no antialias, aspect not kept), "
                           "vgg19 caffe preprocess_input inside the model")
     model_file: str = MODEL_FILE
@@ -175,7 +202,7 @@ def read_card(folder: Path) -> ModelCard:
     except (OSError, ValueError) as exc:
         raise ModelError(f"Model card {path} cannot be read: {exc}.") from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != CARD_SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         raise ModelError(_schema_message(path, version))
     try:
         return _build(ModelCard, raw)
@@ -188,7 +215,8 @@ def _schema_message(path: Path, version: object) -> str:
     if isinstance(version, int) and version > CARD_SCHEMA_VERSION:
         return (f"Model card {path} has schema version {version}, newer than this triage reads "
                 f"({CARD_SCHEMA_VERSION}): upgrade triage to use this model.")
-    return (f"Model card {path} is not a triage model card of schema {CARD_SCHEMA_VERSION} "
+    readable = " or ".join(str(v) for v in READABLE_SCHEMAS)
+    return (f"Model card {path} is not a triage model card of schema {readable} "
             f"(schema_version {version!r}): train the model again with this version of triage.")
 
 

@@ -254,7 +254,11 @@ def main() -> None:
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Instead of --threshold: the highest threshold whose validation sensitivity is >= S.")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
-              help="Also K-fold cross-validate the head on the kept features; metrics go in the card.")
+              help="Also K-fold cross-validate the head on the kept features (copy groups kept whole, "
+                   "the threshold rule nested in each fold); metrics go in the card.")
+@click.option("--split", "split_method", type=click.Choice(["grouped", "keras"]), default="grouped",
+              show_default=True,
+              help="grouped keeps copies of one scan on one side; keras is the thesis's file-for-file split.")
 @click.option("--positive", default="yes", show_default=True,
               help="Name of the tumour class sub-folder; the other one is the negative class.")
 @click.option("--backbone-weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
@@ -266,9 +270,9 @@ def main() -> None:
 @handle_errors
 def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_split: float, seed: int,
           learning_rate: float, l2: float, dropout: float, threshold: float,
-          target_sensitivity: float | None, folds: int | None, positive: str, backbone_weights: str,
-          no_cache: bool, precision: str, batch_size: int | None, quiet: bool, log_file: Path | None,
-          verbose: bool) -> int:
+          target_sensitivity: float | None, folds: int | None, split_method: str, positive: str,
+          backbone_weights: str, no_cache: bool, precision: str, batch_size: int | None, quiet: bool,
+          log_file: Path | None, verbose: bool) -> int:
     """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
 
     The frozen backbone runs once per image (features are cached); the head
@@ -281,14 +285,13 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
     """
     started = monotonic()
     _setup_logging(quiet, log_file, verbose, data_dir)
-    from triage.metrics import format_metric
     from triage.quiet import metric_summary
     from triage.train import TrainConfig, train_model
 
     config = TrainConfig(
         epochs=epochs, image_size=image_size, batch_size=batch_size or 32, val_split=val_split,
         seed=seed, learning_rate=learning_rate, l2=l2, dropout=dropout, threshold=threshold,
-        target_sensitivity=target_sensitivity, folds=folds, positive=positive,
+        target_sensitivity=target_sensitivity, folds=folds, split=split_method, positive=positive,
         backbone_weights=backbone_weights, cache=not no_cache, precision=precision,
     )
     interactive = _interactive(quiet)
@@ -314,29 +317,62 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
     metrics = card.validation_metrics
     if card.warning:
         log.warning("%s", card.warning)  # stderr unless --quiet; always the log file
-    skipped = card.data.skipped
+    for warning in training_warnings(card):
+        log.warning("%s", warning)
     images = (f"{card.data.n_images} images ({card.split.train.n} train, "
-              f"{card.split.validation.n} validation), {len(skipped)} skipped")
+              f"{card.split.validation.n} validation, {card.split.method} split), "
+              f"{len(card.data.skipped)} skipped")
     if not quiet:
-        click.echo(f"model: {result.out_dir}")
-        click.echo(f"images: {images}")
-        for row in skipped:
-            click.echo(f"  skipped {row.path}: {row.reason}")
-        click.echo(f"threshold: {card.threshold:.4f} ({card.threshold_rule})")
-        for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
-            click.echo(f"  validation {name:<12} {format_metric(metrics[name])}")
-        if card.cross_validation:
-            cv = card.cross_validation.metrics
-            folds = card.cross_validation.folds
-            click.echo(f"  {folds}-fold accuracy   {format_metric(cv['accuracy'])}")
-            click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
-    summary = (f"triage train {data_dir}: model {result.out_dir}, {images}; "
-               f"validation {metric_summary(metrics)}; threshold {card.threshold:.3f}; "
+        _print_training_details(card, result.out_dir, images)
+    copies = card.copies.groups if card.copies else 0
+    summary = (f"triage train {data_dir}: model {result.out_dir}, {images}, {copies} copy groups; "
+               f"validation {metric_summary(metrics)}; threshold {card.threshold:.3f} "
+               f"({card.threshold_source}); "
                f"precision {card.features.precision if card.features else 'fp32'}; "
                f"{monotonic() - started:.1f} s")
     log.info("%s", summary)
     click.echo(summary)
     return EXIT_OK
+
+
+def training_warnings(card: Any) -> list[str]:
+    """What a lab must know before trusting the card's validation numbers."""
+    warnings = []
+    if card.copies and card.copies.validation_with_copy_in_training:
+        warnings.append(f"{card.copies.validation_with_copy_in_training} of {card.split.validation.n} "
+                        f"validation images have a copy in training: the validation metrics are "
+                        f"optimistic (the card's validation_metrics_clean leaves them out)")
+    sensitivity = card.metric("sensitivity")
+    wanted = card.target_sensitivity
+    if wanted is not None and sensitivity is not None and sensitivity[0] < wanted:
+        warnings.append(f"validation sensitivity {sensitivity[0]:.3f} falls short of the target {wanted:g}: "
+                        f"the threshold was chosen on the training part, so this is an honest estimate")
+    return warnings
+
+
+def _print_training_details(card: Any, out_dir: Path, images: str) -> None:
+    from triage.metrics import format_metric
+
+    click.echo(f"model: {out_dir}")
+    click.echo(f"images: {images}")
+    for row in card.data.skipped:
+        click.echo(f"  skipped {row.path}: {row.reason}")
+    if card.copies:
+        click.echo(f"copies: {card.copies.groups} groups, {card.copies.files_in_groups} files "
+                   f"({card.copies.method}); {card.copies.validation_with_copy_in_training} validation "
+                   f"images with a copy in training")
+    click.echo(f"threshold: {card.threshold:.4f} ({card.threshold_rule})")
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
+        click.echo(f"  validation {name:<12} {format_metric(card.validation_metrics[name])}")
+    if card.validation_metrics_clean:
+        clean = card.validation_metrics_clean
+        click.echo(f"  without copies: accuracy {format_metric(clean['accuracy'])}, "
+                   f"roc_auc {format_metric(clean['roc_auc'])}")
+    if card.cross_validation:
+        cv = card.cross_validation.metrics
+        folds = card.cross_validation.folds
+        click.echo(f"  {folds}-fold accuracy   {format_metric(cv['accuracy'])}")
+        click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -385,6 +421,12 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
         log.warning("skipped %s: %s", row["path"], row["reason"])
     if result.report["model"].get("backbone_weights") == "random":
         log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
+    copies = result.report["copies_of_training"]
+    if copies:
+        clean = result.report["metrics_without_copies"]
+        log.warning("%d of %d images are copies of the model's training images: the metrics are "
+                    "optimistic; without them (n = %d): %s", copies, metrics["n"], clean["n"],
+                    metric_summary(clean))
     cm = metrics["confusion_matrix"]
     if not quiet:
         click.echo(f"model: {result.report['model']['id']}   threshold {metrics['threshold']:.4f}   "
@@ -394,7 +436,7 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
         click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
         click.echo(f"written: {result.out_dir}")
     summary = (f"triage evaluate {data_dir}: model {result.report['model']['id']}, {metrics['n']} images, "
-               f"{len(skipped)} skipped; {metric_summary(metrics)}; "
+               f"{len(skipped)} skipped, {copies} copies of training images; {metric_summary(metrics)}; "
                f"TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
                f"threshold {metrics['threshold']:.3f}; precision {result.precision}; "
                f"{monotonic() - started:.1f} s -> {result.out_dir}")
@@ -413,7 +455,15 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
 @click.option("--explain", type=click.Choice(["flagged", "all", "none"]), default="flagged",
               show_default=True, help="Which scans get a Grad-CAM heat map.")
 @click.option("--max-report-cases", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Flagged scans shown in the PDF at most (the HTML and CSV hold all).")
+              help="Flagged cases shown in the PDF at most (the HTML and CSV hold all).")
+@click.option("--group-by", type=click.Choice(["auto", "file"]), default="auto", show_default=True,
+              help="auto: a DICOM series or a NIfTI volume is one case; file: every file and frame is one.")
+@click.option("--aggregate", type=click.Choice(["max", "topk"]), default="max", show_default=True,
+              help="A case's score: its highest slice, or the mean of its --top-k highest.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Slices in a topk score, and slices of a flagged case shown with heat maps.")
+@click.option("--modality", default="MR", show_default=True, metavar="LIST",
+              help="DICOM modalities to score, comma-separated (e.g. MR,OT); others are skipped.")
 @device_option
 @precision_option
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
@@ -422,14 +472,16 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
 @runtime_options
 @handle_errors
 def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, threshold: float | None,
-         explain: str, max_report_cases: int, device: str, precision: str, full: bool, wait: float,
+         explain: str, max_report_cases: int, group_by: str, aggregate: str, top_k: int, modality: str,
+         device: str, precision: str, full: bool, wait: float,
          batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
-    """Score every image under INPUT_DIR; write the CSV and the HTML/PDF report.
+    """Score every image, DICOM series and NIfTI volume under INPUT_DIR; write the CSVs and the report.
 
-    Every file found gets a CSV row: `ok` with a probability, or an error status
-    with a reason. Flagged scans (probability >= threshold) get a Grad-CAM heat
-    map. Runs are incremental: unchanged files keep their rows from the previous
-    run with the same model and settings.
+    Every image or slice gets a CSV row: `ok` with a probability, or an error
+    status with a reason; every case (series, volume or loose image) a row of
+    the cases CSV with its score. Flagged cases get Grad-CAM heat maps of their
+    top slices. Runs are incremental: unchanged cases keep their rows from the
+    previous run with the same model and settings.
 
     \b
     Example:
@@ -444,7 +496,8 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     bar = Progress(_interactive(quiet), desc="scan")
     log.info("scan %s -> %s", input_dir, out)
     options = ScanOptions(threshold=threshold, explain=explain, batch_size=batch_size or 16, device=device,
-                          precision=precision)
+                          precision=precision, group_by=group_by, aggregate=aggregate, top_k=top_k,
+                          modalities=tuple(m.strip().upper() for m in modality.split(",") if m.strip()))
     try:
         result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=options,
                                  max_report_cases=max_report_cases, full=full, wait=wait,
@@ -457,6 +510,9 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
                f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
                f"{counts['failed']} failed, {counts['skipped']} skipped"
                + (f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else "")
+               + f"; {counts['cases']} cases ({counts['cases_flagged']} flagged)"
+               + (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
+                  if counts["studies"] else "")
                + f"; threshold {result.threshold:.3f}; precision {result.model.precision}"
                + f"; {result.seconds:.1f} s"
                + f" -> {paths.pdf or paths.html}")

@@ -22,6 +22,8 @@ import numpy as np
 
 from triage import __version__
 from triage.atomic import atomic_write_text
+from triage.card import TrainingImages
+from triage.copies import image_fingerprint, near_matches
 from triage.dataset import LabelledFile, LabelledSet, index_labelled
 from triage.errors import DataError, Stopped, UsageError
 from triage.inference import InferenceModel, library_versions, load_for_inference
@@ -48,6 +50,7 @@ class Scores:
     labels: np.ndarray
     probabilities: np.ndarray
     skipped: tuple[dict[str, str], ...]
+    copy_of_training: np.ndarray  # bool per file: an exact or near copy of an image the model trained on
 
 
 def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
@@ -91,7 +94,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         on_start(len(labelled.files))
     scores = score_labelled(labelled, loaded, batch_size, Stop(should_stop), progress)
     metrics = binary_metrics(scores.labels, scores.probabilities, threshold)
-    report = _report(data_dir, labelled, scores, loaded, metrics)
+    report = _report(data_dir, labelled, scores, loaded, metrics, threshold)
     seconds = time.perf_counter() - clock
     manifest = _manifest(loaded, threshold, batch_size, started, seconds, len(scores.files))
     _write_folder(out_dir, labelled, scores, threshold, report, manifest)
@@ -116,9 +119,11 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
     """
 
     def decode(index: int) -> Decoded:
-        return decode_image(labelled.files[index].path, loaded.image_size)
+        decoded = decode_image(labelled.files[index].path, loaded.image_size)
+        return Decoded(decoded.pixels, (decoded.extra.sha256, image_fingerprint(decoded.extra.display)))
 
     probabilities: dict[int, float] = {}
+    hashes: dict[int, tuple[str, str]] = {}
     skipped: list[dict[str, str]] = []
     for outcome in predict(range(len(labelled.files)), decode, loaded.probabilities,
                            batch_size=batch_size, stop=stop, progress=progress):
@@ -127,19 +132,29 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
                             "status": outcome.failure.status, "reason": outcome.failure.reason})
         else:
             probabilities[outcome.item] = float(outcome.output)
+            hashes[outcome.item] = outcome.extra
     if stop.asked:
         raise Stopped("the evaluation was stopped; nothing was written")
     order = sorted(probabilities)
     if not order:
         raise DataError(f"No image in {labelled.root} could be read.")
     return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order],
-                  np.array([probabilities[i] for i in order]), tuple(skipped))
+                  np.array([probabilities[i] for i in order]), tuple(skipped),
+                  copies_of_training([hashes[i] for i in order], loaded.card.training_images))
+
+
+def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -> np.ndarray:
+    """Which images are exact or near copies of the images a model was trained on (per its card)."""
+    exact = np.array([sha in set(trained.sha256s) for sha, _ in hashes], dtype=bool)
+    near = near_matches([fingerprint for _, fingerprint in hashes], list(trained.fingerprints))
+    return exact | near
 
 
 def _report(data_dir: Path, labelled: LabelledSet, scores: Scores, loaded: InferenceModel,
-            metrics: dict[str, Any]) -> dict[str, Any]:
+            metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     """The content of ``metrics.json``."""
     card = loaded.card
+    fresh = ~scores.copy_of_training
     return {
         "tool_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -149,6 +164,10 @@ def _report(data_dir: Path, labelled: LabelledSet, scores: Scores, loaded: Infer
         "model": {"id": card.model_id, "path": str(loaded.folder.resolve()),
                   "sha256": loaded.summary.sha256, "backbone_weights": card.backbone.weights},
         "metrics": metrics,
+        "copies_of_training": int(scores.copy_of_training.sum()),
+        "copies_of_training_files": [f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c],
+        "metrics_without_copies": binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
+        if scores.copy_of_training.any() else None,
     }
 
 

@@ -1,27 +1,34 @@
 """Pooled backbone features, computed once per image and cached on disk.
 
 The backbone is frozen, so its 512-d pooled output per image is all the head
-ever needs: extract it once, train the head on it as often as you like. The
-cache is keyed by file content (sha256), backbone weights (sha256), image size,
-preprocessing version and the precision the backbone ran in (bf16 features
-never mix with fp32 ones); a cache file that fails any check is rebuilt, never
-trusted.
+ever needs: extract it once, train the head on it as often as you like. Each
+image's copy fingerprint (:mod:`triage.copies`) is kept beside its features.
+
+A cache file holds one :func:`cache_key`: everything that changes a feature
+(backbone weights, image size, the preprocessing and decoder versions, the
+TensorFlow, Keras, Pillow, pydicom and OpenCV versions, the precision and the
+device class). The key names the file and is stored in it; a file whose key or
+content fails a check is rebuilt, never trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from triage.atomic import atomic_write
+from triage.copies import image_fingerprint
 from triage.errors import Stopped
-from triage.images import read_file
+from triage.images import DECODER_VERSION, read_file
 from triage.model import BackboneWeights
 from triage.predictor import Decoded, Stop, decode_for_model, predict
 from triage.preprocess import PREPROCESS_VERSION
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FEATURE_DIM = 512
+# Distributions whose version can change a decoded pixel or a feature.
+_FEATURE_LIBRARIES = ("tensorflow", "keras", "pillow", "pydicom", "opencv-python-headless")
 
 
 def default_cache_dir() -> Path:
@@ -42,16 +51,33 @@ def default_cache_dir() -> Path:
     return Path(base) / "triage"
 
 
-class FeatureCache:
-    """A map sha256 -> feature vector for one (weights, image size, preprocessing, precision)."""
+def cache_key(weights: BackboneWeights, image_size: int, precision: str = "fp32",
+              device: str = "cpu") -> dict[str, Any]:
+    """Everything a cached feature depends on."""
+    return {"weights_sha256": weights.sha256, "image_size": image_size,
+            "preprocess": PREPROCESS_VERSION, "decoder": DECODER_VERSION, "precision": precision,
+            "device": device, "versions": {name: _version(name) for name in _FEATURE_LIBRARIES}}
 
-    def __init__(self, directory: Path, weights: BackboneWeights, image_size: int,
-                 precision: str = "fp32") -> None:
-        # fp32 keeps the name caches had before precisions existed: those are fp32 features.
-        tail = "" if precision == "fp32" else f"-{precision}"
-        name = f"vgg19-{weights.sha256[:20]}-{image_size}px-p{PREPROCESS_VERSION}{tail}.npz"
-        self.path = directory / name
+
+def _version(name: str) -> str | None:
+    if name == "tensorflow":  # ships as several distributions: ask the module
+        import tensorflow as tf
+
+        return str(tf.__version__)
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+class FeatureCache:
+    """A map sha256 -> (feature vector, copy fingerprint) for one :func:`cache_key`."""
+
+    def __init__(self, directory: Path, key: dict[str, Any]) -> None:
+        self.key = json.dumps(key, sort_keys=True)
+        self.path = directory / f"vgg19-{hashlib.sha256(self.key.encode()).hexdigest()[:24]}.npz"
         self._vectors: dict[str, np.ndarray] = {}
+        self._fingerprints: dict[str, str] = {}
         self._dirty = False
         self._load()
 
@@ -60,24 +86,30 @@ class FeatureCache:
             return
         try:
             with np.load(self.path, allow_pickle=False) as data:
-                keys, vectors = data["keys"], data["features"]
-                if (vectors.ndim != 2 or vectors.shape[1] != FEATURE_DIM
-                        or len(keys) != len(vectors) or not np.isfinite(vectors).all()):
+                keys, vectors, prints = data["keys"], data["features"], data["fingerprints"]
+                if str(data["key"]) != self.key:
+                    raise ValueError("written for other settings")
+                if (vectors.ndim != 2 or vectors.shape[1] != FEATURE_DIM or len(keys) != len(vectors)
+                        or len(prints) != len(keys) or not np.isfinite(vectors).all()):
                     raise ValueError(f"shape {vectors.shape} for {len(keys)} keys")
             self._vectors = {str(k): v for k, v in zip(keys, vectors)}
+            self._fingerprints = {str(k): str(f) for k, f in zip(keys, prints)}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             log.warning("feature cache %s is corrupt (%s): rebuilding it", self.path, exc)
-            self._vectors = {}
+            self._vectors, self._fingerprints = {}, {}
             self._dirty = True
 
     def __len__(self) -> int:
         return len(self._vectors)
 
-    def get(self, sha256: str) -> np.ndarray | None:
-        return self._vectors.get(sha256)
+    def get(self, sha256: str) -> tuple[np.ndarray, str] | None:
+        """The features and fingerprint of a file's content, if both are known."""
+        vector = self._vectors.get(sha256)
+        return None if vector is None else (vector, self._fingerprints[sha256])
 
-    def put(self, sha256: str, vector: np.ndarray) -> None:
+    def put(self, sha256: str, vector: np.ndarray, fingerprint: str) -> None:
         self._vectors[sha256] = np.asarray(vector, dtype=np.float32)
+        self._fingerprints[sha256] = fingerprint
         self._dirty = True
 
     def save(self) -> None:
@@ -87,8 +119,9 @@ class FeatureCache:
         keys = np.array(sorted(self._vectors), dtype="U64")
         vectors = np.stack([self._vectors[k] for k in keys]) if len(keys) else \
             np.zeros((0, FEATURE_DIM), np.float32)
+        prints = np.array([self._fingerprints[k] for k in keys], dtype="U64")
         with atomic_write(self.path, "wb") as handle:
-            np.savez(handle, keys=keys, features=vectors)
+            np.savez(handle, keys=keys, features=vectors, fingerprints=prints, key=np.array(self.key))
         self._dirty = False
 
 
@@ -99,6 +132,7 @@ class Features:
     vectors: np.ndarray          # (n_ok, 512) float32, in the order of ``indices``
     indices: tuple[int, ...]     # positions in the input sequence of the rows above
     sha256s: tuple[str, ...]     # content hash of each row's file
+    fingerprints: tuple[str, ...]  # copy fingerprint of each row's image (triage.copies)
     failed: tuple[tuple[int, str, str], ...]  # (position, status, reason)
     from_cache: int
 
@@ -132,12 +166,13 @@ def extract_features(
         known = cache.get(digest) if cache is not None else None
         if known is not None:  # no need to decode
             return Decoded(None, (digest, known))
-        return Decoded(decode_for_model(paths[index], digest, data, image_size).pixels, (digest, None))
+        decoded = decode_for_model(paths[index], digest, data, image_size)
+        return Decoded(decoded.pixels, (digest, image_fingerprint(decoded.extra.display)))
 
     def run(batch: np.ndarray, n: int) -> np.ndarray:
         return np.asarray(extractor.predict_on_batch(batch), dtype=np.float32)[:n]
 
-    rows: dict[int, tuple[str, np.ndarray]] = {}
+    rows: dict[int, tuple[str, np.ndarray, str]] = {}
     failed: list[tuple[int, str, str]] = []
     from_cache = 0
     stop = Stop(should_stop)
@@ -146,12 +181,14 @@ def extract_features(
         if outcome.failure is not None:
             failed.append((outcome.item, outcome.failure.status, outcome.failure.reason))
             continue
-        digest, known = outcome.extra
-        from_cache += known is not None
-        vector = known if known is not None else outcome.output
-        if cache is not None and known is None:
-            cache.put(digest, vector)
-        rows[outcome.item] = (digest, vector)
+        digest, found = outcome.extra
+        if isinstance(found, tuple):  # from the cache
+            from_cache += 1
+            rows[outcome.item] = (digest, *found)
+            continue
+        rows[outcome.item] = (digest, outcome.output, found)
+        if cache is not None:
+            cache.put(digest, outcome.output, found)
     if cache is not None:
         cache.save()
     if stop.asked:
@@ -159,8 +196,9 @@ def extract_features(
     return _features(rows, failed, from_cache)
 
 
-def _features(rows: dict[int, tuple[str, np.ndarray]], failed: list[tuple[int, str, str]],
+def _features(rows: dict[int, tuple[str, np.ndarray, str]], failed: list[tuple[int, str, str]],
               from_cache: int) -> Features:
     order = tuple(sorted(rows))
     vectors = np.stack([rows[i][1] for i in order]) if order else np.zeros((0, FEATURE_DIM), np.float32)
-    return Features(vectors, order, tuple(rows[i][0] for i in order), tuple(failed), from_cache)
+    return Features(vectors, order, tuple(rows[i][0] for i in order), tuple(rows[i][2] for i in order),
+                    tuple(failed), from_cache)

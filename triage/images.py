@@ -45,14 +45,14 @@ JUNK_FOLDERS: frozenset[str] = frozenset({"$RECYCLE.BIN", ".Trashes", "System Vo
 _JUNK_FOLDERS_FOLDED = frozenset(name.casefold() for name in JUNK_FOLDERS)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".dicom",
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom",
 )
 _DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 # Images with more pixels are refused before their pixels are decoded.
 MAX_PIXELS: int = 100_000_000
 # Bump when decoding changes what pixels a file gives: it is part of the feature-cache key.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 
 # Pillow is limited to raster formats that decode in-process: EPS would run
 # Ghostscript, and text-like formats (XBM, XPM) would accept plain text files.
@@ -488,11 +488,10 @@ def _jpeg_data_complete(image: Image.Image, data: bytes) -> bool:
 
 
 def _pillow_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode.startswith("I;16"):
-        # Keep the high byte, as tf.io.decode_png(..., dtype=tf.uint8) does.
-        gray = (np.asarray(image) >> 8).astype(np.uint8)
-    elif image.mode in ("I", "F"):
-        # 32-bit samples have no fixed range, so stretch what is there.
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16- and 32-bit gray has no fixed range in practice (a 12-bit MRI stored in 16 bits uses
+        # 0..4095; keeping the high byte would leave it nearly black): stretch the range used,
+        # as a DICOM series without a stored window is.
         gray = _scale(np.asarray(image, dtype=np.float64))
     else:
         # As Keras's load_img(color_mode="rgb") does: alpha dropped, not composited.

@@ -50,12 +50,12 @@ def _f1_rows(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, 2 * tp / denominator, 0.0)
 
 
-def _bootstrap(y: np.ndarray, prob: np.ndarray, threshold: float, seed: int,
+def _bootstrap(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray, seed: int,
                rounds: int) -> dict[str, list[float]]:
     idx = np.random.default_rng(seed).integers(0, len(y), (rounds, len(y)))
     ys, ps = y[idx], prob[idx]
     aucs = _auc_rows(ys, ps)
-    return {"auc": aucs[~np.isnan(aucs)].tolist(), "f1": _f1_rows(ys, ps >= threshold).tolist()}
+    return {"auc": aucs[~np.isnan(aucs)].tolist(), "f1": _f1_rows(ys, ps >= thresholds[idx]).tolist()}
 
 
 def _with_ci(value: float | None, samples: list[float], n: int) -> dict[str, Any]:
@@ -65,14 +65,16 @@ def _with_ci(value: float | None, samples: list[float], n: int) -> dict[str, Any
     return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": n}
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, *,
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float | np.ndarray, *,
                    seed: int = 0, rounds: int = 2000) -> dict[str, Any]:
     """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 and the confusion matrix.
 
     Args:
         y_true: 0/1 labels (1 = tumour).
         prob: Tumour probabilities.
-        threshold: A case is positive when ``prob >= threshold``.
+        threshold: A case is positive when ``prob >= threshold``; one per case
+            where they differ (each fold's own, in cross-validation: the
+            returned ``threshold`` is then None).
         seed: Seed of the bootstrap (AUC and F1 intervals).
         rounds: Bootstrap resamples.
 
@@ -84,13 +86,14 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, *,
 
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(prob, dtype=np.float64)
-    predicted = p >= threshold
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), p.shape)
+    predicted = p >= thresholds
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted.astype(int), labels=[0, 1]).ravel())
     both_classes = 0 < y.sum() < len(y)
     auc = float(roc_auc_score(y, p)) if both_classes else None
-    samples = _bootstrap(y, p, threshold, seed, rounds) if len(y) else {"auc": [], "f1": []}
+    samples = _bootstrap(y, p, thresholds, seed, rounds) if len(y) else {"auc": [], "f1": []}
     return {
-        "threshold": threshold,
+        "threshold": float(threshold) if np.ndim(threshold) == 0 else None,
         "n": int(len(y)),
         "accuracy": wilson(tp + tn, len(y)),
         "roc_auc": _with_ci(auc, samples["auc"], len(y)),
@@ -104,19 +107,25 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, *,
 
 
 def threshold_for_sensitivity(y_true: np.ndarray, prob: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity on (y_true, prob) is at least ``target``.
+    """A threshold whose sensitivity on (y_true, prob) is at least ``target``, halfway between two scores.
 
     With positives' scores sorted high to low, sensitivity at threshold t is the
-    share of them >= t, so the answer is the k-th highest positive score,
-    k = ceil(target * n_positive).
+    share of them >= t, so the k-th highest positive score s_k (k =
+    ceil(target * n_positive)) is the highest threshold that meets the target.
+    The threshold lies halfway between s_k and the next lower score of any
+    case, so that a last-bit difference in a score at scan time cannot move a
+    case across it.
     """
     if not 0 < target <= 1:
         raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
-    positives = np.sort(np.asarray(prob, dtype=np.float64)[np.asarray(y_true) == 1])[::-1]
+    scores = np.asarray(prob, dtype=np.float64)
+    positives = np.sort(scores[np.asarray(y_true) == 1])[::-1]
     if positives.size == 0:
         raise ValueError("no positive cases to choose a threshold from")
     k = max(1, math.ceil(target * positives.size - 1e-9))
-    return float(positives[k - 1])
+    kth = float(positives[k - 1])
+    below = scores[scores < kth]
+    return (kth + float(below.max())) / 2 if below.size else kth / 2
 
 
 def format_metric(metric: dict[str, Any]) -> str:

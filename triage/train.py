@@ -34,13 +34,15 @@ from triage.card import (
     SkippedFile,
     Split,
     TrainingData,
+    TrainingImages,
     models_root,
     write_card,
 )
 from triage.dataset import LabelledSet, index_labelled, split
-from triage.errors import DataError, Stopped, UsageError
-from triage.features import FeatureCache, Features, default_cache_dir, extract_features
-from triage.metrics import binary_metrics, threshold_for_sensitivity
+from triage.errors import UsageError
+from triage.features import FeatureCache, Features, cache_key, default_cache_dir, extract_features
+from triage.head import fit_head, predict_head
+from triage.metrics import binary_metrics
 from triage.model import (
     CAM_LAYER,
     BackboneWeights,
@@ -49,6 +51,8 @@ from triage.model import (
     gpu_available,
     resolve_backbone_weights,
 )
+from triage.splits import SPLITS, SplitRows, copies_record, split_rows
+from triage.validation import Threshold, choose_threshold, cross_validate, subset
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class TrainConfig:
     threshold: float = 0.5
     target_sensitivity: float | None = None
     folds: int | None = None
+    split: str = "grouped"  # "grouped" (copies kept on one side) or "keras" (the thesis's split)
     positive: str = "yes"
     backbone_weights: str = "imagenet"
     precision: str = "auto"  # of the feature extraction: auto | fp32 | bf16 | fp16
@@ -86,6 +91,7 @@ class TrainConfig:
             (self.folds is None or self.folds >= 2, "folds", "at least 2"),
             (0 <= self.dropout < 1, "dropout", "in [0, 1)"),
             (self.l2 >= 0, "l2", ">= 0"),
+            (self.split in SPLITS, "split", f"one of {', '.join(SPLITS)}"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -97,53 +103,6 @@ class TrainConfig:
 class TrainResult:
     out_dir: Path
     card: ModelCard
-
-
-def _fit_head(features: np.ndarray, labels: np.ndarray, config: TrainConfig,
-              validation: tuple[np.ndarray, np.ndarray] | None = None,
-              on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-              should_stop: Callable[[], bool] = lambda: False,
-              ) -> tuple[Any, dict[str, list[float]]]:
-    import keras
-
-    from triage.model import build_head
-
-    keras.utils.set_random_seed(config.seed)
-    head = build_head(features.shape[1], HeadConfig(config.l2, config.dropout))
-    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                 loss="binary_crossentropy", metrics=["accuracy"])
-    def epoch_end(epoch: int, logs: dict[str, float] | None) -> None:
-        if on_epoch is not None:
-            on_epoch(epoch + 1, dict(logs or {}))
-        if should_stop():
-            raise Stopped("training was stopped; no model was written")
-
-    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=epoch_end)]
-    history = head.fit(features, labels.astype(np.float32), batch_size=config.batch_size,
-                       epochs=config.epochs, validation_data=validation, shuffle=True,
-                       verbose=0, callbacks=callbacks)
-    return head, {k: [float(v) for v in vs] for k, vs in history.history.items()}
-
-
-def _predict(head: Any, features: np.ndarray) -> np.ndarray:
-    return np.asarray(head.predict(features, batch_size=256, verbose=0), dtype=np.float64).ravel()
-
-
-def _cross_validate(features: np.ndarray, labels: np.ndarray, config: TrainConfig) -> CrossValidation:
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = int(config.folds or 0)
-    if np.bincount(labels, minlength=2).min() < folds:
-        raise DataError(f"{folds} folds need at least {folds} images of each class.", option="folds")
-    out_of_fold = np.zeros(len(labels))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    for train_idx, test_idx in splitter.split(features, labels):
-        head, _ = _fit_head(features[train_idx], labels[train_idx], config)
-        out_of_fold[test_idx] = _predict(head, features[test_idx])
-    return CrossValidation(
-        folds=folds, method="stratified K-fold of the head on kept features, all images",
-        seed=config.seed, metrics=binary_metrics(labels, out_of_fold, config.threshold, seed=config.seed),
-    )
 
 
 def _fingerprint(items: list[tuple[str, str, int]]) -> str:
@@ -161,24 +120,6 @@ def _class_counts(labels: np.ndarray) -> ClassCounts:
 def new_model_dir(parent: Path) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return parent / f"vgg19-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass(frozen=True)
-class SplitData:
-    """The kept features cut into training and validation rows, as Keras cuts the file list."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    labels: np.ndarray  # of every extracted row
-    validation_files: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Threshold:
-    value: float
-    rule: str
 
 
 def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig = TrainConfig(), *,
@@ -220,8 +161,8 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     from triage.model import assemble, build_backbone, feature_extractor, with_precision
 
     extractor = feature_extractor(build_backbone(config.image_size, weights))
-    cache = FeatureCache(config.cache_dir or default_cache_dir(), weights, config.image_size,
-                         config.precision) if config.cache else None
+    key = cache_key(weights, config.image_size, config.precision, "gpu" if gpu_available() else "cpu")
+    cache = FeatureCache(config.cache_dir or default_cache_dir(), key) if config.cache else None
     if on_start:
         on_start(len(labelled.files))
     # The saved model stays float32; only the extraction runs at the chosen precision.
@@ -229,57 +170,49 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     extracted = extract_features([f.path for f in labelled.files], running, config.image_size,
                                  batch_size=config.batch_size, cache=cache, should_stop=should_stop,
                                  progress=progress)
-    data = _split_rows(labelled, extracted, config.val_split)
-    head, history = _fit_head(data.x_train, data.y_train, config, (data.x_val, data.y_val), on_epoch,
-                              should_stop)
-    val_prob = _predict(head, data.x_val)
-    threshold = _choose_threshold(data.y_val, val_prob, config)
-    cross_validation = _cross_validate(extracted.vectors, data.labels, config) if config.folds else None
-    card = _build_card(out_dir.name, started, config, weights, labelled, extracted, data, threshold,
-                       history, binary_metrics(data.y_val, val_prob, threshold.value, seed=config.seed),
-                       cross_validation, cache)
+    for i, status, reason in extracted.failed:
+        log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
+    rows = split_rows(labelled, extracted, config.split, config.val_split, config.seed)
+    head, history, metrics = _fit_and_measure(extracted, rows, config, on_epoch, should_stop)
+    card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
+                       metrics, cache)
     _write_model_folder(out_dir, assemble(extractor, head), card)
     return TrainResult(out_dir, card)
 
 
-def _split_rows(labelled: LabelledSet, extracted: Features, val_split: float) -> SplitData:
-    """Cut over every indexed file, as Keras cuts; unreadable files drop out of their side.
+@dataclass(frozen=True)
+class Measured:
+    """What training measured: the threshold and the metrics the card reports."""
 
-    Raises:
-        DataError: a side has no readable image, or only one class.
-    """
-    for i, status, reason in extracted.failed:
-        log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
-    n_val = len(split(labelled.files, val_split)[1])
-    n_train = len(labelled.files) - n_val
-    position = {index: row for row, index in enumerate(extracted.indices)}
-    train_rows = [position[i] for i in range(n_train) if i in position]
-    val_rows = [position[i] for i in range(n_train, len(labelled.files)) if i in position]
-    labels = labelled.labels[list(extracted.indices)]
-    for name, rows in (("training", train_rows), ("validation", val_rows)):
-        y = labels[rows]
-        if len(y) == 0 or y.min() == y.max():
-            raise DataError(f"The {name} set has {len(y)} readable images of a single class or none: "
-                            f"add images, or change the validation split or the seed.")
-    return SplitData(extracted.vectors[train_rows], labels[train_rows], extracted.vectors[val_rows],
-                     labels[val_rows], labels,
-                     tuple(labelled.files[i].relpath for i in range(n_train, len(labelled.files))
-                           if i in position))
+    threshold: Threshold
+    validation: dict[str, Any]
+    validation_clean: dict[str, Any] | None
+    cross_validation: CrossValidation | None
 
 
-def _choose_threshold(y_val: np.ndarray, val_prob: np.ndarray, config: TrainConfig) -> Threshold:
-    if config.target_sensitivity is not None:
-        return Threshold(threshold_for_sensitivity(y_val, val_prob, config.target_sensitivity),
-                         f"highest threshold with validation sensitivity >= {config.target_sensitivity}")
-    if config.threshold != 0.5:
-        return Threshold(config.threshold, "fixed")
-    return Threshold(config.threshold, "default 0.5")
+def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
+                     on_epoch: Callable[[int, dict[str, float]], None] | None,
+                     should_stop: Callable[[], bool]) -> tuple[Any, dict[str, list[float]], Measured]:
+    """Fit the head on the training rows, choose the threshold there, measure on validation."""
+    x, y = extracted.vectors, rows.labels
+    head, history = fit_head(x[rows.train], y[rows.train], config, (x[rows.val], y[rows.val]), on_epoch,
+                             should_stop)
+    threshold = choose_threshold(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
+    probability = dict(zip(rows.val.tolist(), predict_head(head, x[rows.val])))
+
+    def measure(subset_rows: np.ndarray) -> dict[str, Any]:
+        return binary_metrics(y[subset_rows], np.array([probability[r] for r in subset_rows.tolist()]),
+                              threshold.value, seed=config.seed)
+
+    clean = measure(rows.val_without_copy) if config.split == "keras" else None
+    folds = cross_validate(x, y, rows.copies, config) if config.folds else None
+    return head, history, Measured(threshold, measure(rows.val), clean, folds)
 
 
 def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
-                labelled: LabelledSet, extracted: Features, data: SplitData, threshold: Threshold,
-                history: dict[str, list[float]], metrics: dict[str, Any],
-                cross_validation: CrossValidation | None, cache: FeatureCache | None) -> ModelCard:
+                labelled: LabelledSet, extracted: Features, rows: SplitRows,
+                history: dict[str, list[float]], measured: Measured,
+                cache: FeatureCache | None) -> ModelCard:
     return ModelCard(
         model_id=model_id,
         tool_version=__version__,
@@ -288,30 +221,39 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         backbone=Backbone(weights=weights.label, weights_sha256=weights.sha256),
         cam_layer=CAM_LAYER,
         image_size=config.image_size,
-        threshold=threshold.value,
-        threshold_rule=threshold.rule,
-        data=_training_data(labelled, extracted, data),
-        split=Split(method="as keras.utils.image_dataset_from_directory(validation_split, seed)",
-                    val_split=config.val_split, seed=config.seed, train=_class_counts(data.y_train),
-                    validation=_class_counts(data.y_val), validation_files=data.validation_files),
+        threshold=measured.threshold.value,
+        threshold_rule=measured.threshold.rule,
+        threshold_source=measured.threshold.source,
+        target_sensitivity=config.target_sensitivity,
+        data=_training_data(labelled, extracted, rows),
+        split=Split(method=config.split, val_split=config.val_split, seed=config.seed,
+                    train=_class_counts(rows.labels[rows.train]),
+                    validation=_class_counts(rows.labels[rows.val]),
+                    validation_files=tuple(labelled.files[extracted.indices[r]].relpath
+                                           for r in sorted(rows.val.tolist()))),
+        copies=copies_record(rows, labelled, extracted),
         hyperparameters=Hyperparameters(
             epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
             l2=config.l2, dropout=config.dropout, dense_units=HeadConfig().units, seed=config.seed),
         history=history,
-        validation_metrics=metrics,
-        cross_validation=cross_validation,
+        validation_metrics=measured.validation,
+        validation_metrics_clean=measured.validation_clean,
+        cross_validation=measured.cross_validation,
+        training_images=TrainingImages(
+            sha256s=tuple(extracted.sha256s[r] for r in rows.train.tolist()),
+            fingerprints=tuple(extracted.fingerprints[r] for r in rows.train.tolist())),
         features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
                               from_cache=extracted.from_cache,
                               cache=str(cache.path) if cache else None, precision=config.precision),
     )
 
 
-def _training_data(labelled: LabelledSet, extracted: Features, data: SplitData) -> TrainingData:
+def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) -> TrainingData:
     skipped = tuple(SkippedFile(labelled.files[i].relpath, reason, status)
                     for i, status, reason in extracted.failed)
     return TrainingData(
         path=str(Path(labelled.root).resolve()),
-        fingerprint=_fingerprint([(labelled.files[i].relpath, sha, int(data.labels[row]))
+        fingerprint=_fingerprint([(labelled.files[i].relpath, sha, int(rows.labels[row]))
                                   for row, (i, sha) in enumerate(zip(extracted.indices, extracted.sha256s))]),
         class_names=ClassNames(negative=labelled.class_names[0], positive=labelled.class_names[1]),
         n_images=len(extracted.indices),
