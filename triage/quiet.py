@@ -27,14 +27,16 @@ TensorFlow's C++ lines and what silences each:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 _handlers: list[logging.Handler] = []
+_verbose = [True]  # until silence_libraries says otherwise (the library used on its own prints)
 
 
 class _OneLine(logging.Formatter):
@@ -63,6 +65,7 @@ def silence_libraries(verbose: bool, log_file: Path | None = None) -> None:
         handler.setLevel(logging.WARNING)
         root.addHandler(handler)  # a root handler also stops TensorFlow adding its own stderr one
     logging.captureWarnings(not verbose)  # warnings.warn -> the "py.warnings" logger -> the log file
+    _verbose[0] = verbose
     if verbose:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -86,6 +89,30 @@ def _import_tensorflow_quietly() -> None:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def native_lines_to_log(name: str) -> Iterator[None]:
+    """While a library starts native code that writes to file descriptor 2 (Ray's core worker),
+    send those lines to the log file at INFO, unless verbose. Nothing is lost: they are logged.
+    """
+    if _verbose[0]:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    logging.getLogger(name).info("%s", line.strip())
 
 
 def metric_summary(metrics: Mapping[str, Any],
