@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triage.cam import GradCam, Target, gradcam_full_tape, normalise, overlay
+from triage.cam import GradCam, Target, gradcam_full_tape, normalise, overlay, usable
 from triage.errors import CamLayerNotFound
 
 
@@ -97,8 +97,9 @@ def test_normalise_and_overlay() -> None:
     cams = np.array([[[0.0, 2.0], [1.0, 0.5]], [[0.0, 0.0], [0.0, 0.0]]], dtype=np.float32)
     scaled = normalise(cams)
     assert scaled[0].max() == 1.0 and scaled[0, 1, 0] == 0.5 and not scaled[1].any()
-    with pytest.raises(ValueError, match="non-finite"):
-        normalise(np.array([[[np.nan]]], dtype=np.float32))
+    marked = normalise(np.concatenate([cams, [[[np.inf, 1.0], [0.0, 0.0]]]]))  # one map not finite
+    np.testing.assert_array_equal(marked[:2], scaled)
+    assert usable(marked[0]) and usable(marked[1]) and not usable(marked[2]) and np.isnan(marked[2]).all()
     image = np.full((30, 50, 3), 100, dtype=np.uint8)  # not square: the overlay keeps its aspect
     blended = overlay(image, scaled[0])
     assert blended.shape == (30, 50, 3) and blended.dtype == np.uint8

@@ -108,19 +108,35 @@ class GradCam:
         return activations, np.asarray(probability, dtype=np.float64).reshape(-1)
 
     def heatmaps(self, activations: Any) -> np.ndarray:
-        """Grad-CAM maps (N, h, w) in [0, 1] from activations of :meth:`predict`."""
+        """Grad-CAM maps (N, h, w) in [0, 1] from activations of :meth:`predict`.
+
+        A row whose map is not finite comes back all NaN (see :func:`usable`); the others are unaffected.
+        """
         if len(activations.shape) != 4:
             raise ValueError(f"expected (N, H, W, C) activations, got {tuple(activations.shape)}")
         return normalise(np.asarray(self._maps(activations)))
 
 
+NOT_FINITE = "the Grad-CAM map had non-finite values"
+
+
 def normalise(cams: np.ndarray) -> np.ndarray:
-    """Scale each map to max 1 (an all-zero map stays zero); reject non-finite maps."""
-    if not np.isfinite(cams).all():
-        raise ValueError("Grad-CAM produced non-finite values")
-    peak = cams.reshape(len(cams), -1).max(axis=1)
-    safe = np.where(peak > 0, peak, 1.0)
-    return (cams / safe[:, None, None]).astype(np.float32)
+    """Scale each map to max 1 (an all-zero map stays zero).
+
+    A map with a non-finite value comes back all NaN, the marker :func:`usable`
+    tests for, so one bad map costs its own image its heat map and nothing else.
+    """
+    flat = np.asarray(cams, dtype=np.float32).reshape(len(cams), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    peak = np.where(finite, flat.max(axis=1), 1.0)
+    scaled = flat / np.where(peak > 0, peak, 1.0)[:, None]
+    scaled[~finite] = np.nan
+    return scaled.reshape(np.shape(cams))
+
+
+def usable(cam: np.ndarray) -> bool:
+    """False for the marker :func:`normalise` gives a map that was not finite."""
+    return bool(np.isfinite(cam).all())
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:

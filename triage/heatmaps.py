@@ -24,9 +24,12 @@ class HeatmapWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage-write")
         self._pending: list[Future[None]] = []
 
-    def submit(self, sha256: str, pixels: np.ndarray, cam: np.ndarray) -> tuple[str, str]:
-        """Queue the overlay and the image (a display copy); return their paths relative to the report."""
-        stem = f"{sha256[:20]}-{self.tag}"
+    def submit(self, sha256: str, pixels: np.ndarray, cam: np.ndarray, part: str = "") -> tuple[str, str]:
+        """Queue the overlay and the image (a display copy); return their paths relative to the report.
+
+        ``part`` tells apart images of one file (the slices of a volume, the frames of a DICOM file).
+        """
+        stem = f"{sha256[:20]}{part}-{self.tag}"
         overlay_path = self.folder / f"{stem}_gradcam.png"
         image_path = self.folder / f"{stem}_image.jpg"
         self._pending = [f for f in self._pending if not f.done()]

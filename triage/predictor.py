@@ -138,8 +138,20 @@ def decode_for_model(path: Path, digest: str, data: bytes, image_size: int) -> D
     """Decode bytes within :data:`DECODE_BUDGET`; keep the model input and a display copy only."""
     with DECODE_BUDGET.reserve(_decoding_cost(data)):
         image = decode_file(path, digest, data)
-        model_input = resize_for_model(image.pixels, image_size)
-        kept = ScanImage(digest, display_copy(image.pixels), image.width, image.height, image.format)
+        return for_model(image.pixels, digest, image.format, image_size)
+
+
+def decode_pixels(decode: Callable[[], np.ndarray], cost: int, digest: str, format: str,
+                  image_size: int) -> Decoded:
+    """Run ``decode`` (-> RGB uint8) within :data:`DECODE_BUDGET`, holding ``cost`` bytes of it."""
+    with DECODE_BUDGET.reserve(cost):
+        return for_model(decode(), digest, format, image_size)
+
+
+def for_model(pixels: np.ndarray, digest: str, format: str, image_size: int) -> Decoded:
+    """Decoded RGB pixels as the model input and a :class:`ScanImage`; the full-size pixels are not kept."""
+    model_input = resize_for_model(pixels, image_size)
+    kept = ScanImage(digest, display_copy(pixels), int(pixels.shape[1]), int(pixels.shape[0]), format)
     return Decoded(model_input, kept)
 
 

@@ -16,6 +16,7 @@ import functools
 import io
 import math
 import os
+import posixpath
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -28,7 +29,7 @@ from markupsafe import Markup
 
 from triage import RESEARCH_NOTICE, __version__
 from triage.atomic import atomic_write_bytes, atomic_write_text
-from triage.results import STATUSES, ScanResult
+from triage.results import STATUSES, CaseResult, CaseSummary, ScanResult
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
@@ -181,27 +182,19 @@ def _context(
     max_cases: int | None,
     image_root: Path | None,
 ) -> dict[str, Any]:
-    flagged = result.flagged
+    flagged = [case for case in result.flagged_cases if case.copy_of is None]
     shown = flagged if max_cases is None else flagged[:max_cases]
     image_src: Callable[[str], str | None]
     if for_pdf:
         if image_root is None:
             raise ValueError("the PDF variant needs image_root to read the images from")
-        wanted = [rel for case in shown for rel in (case.original, case.heatmap) if rel]
+        wanted = [rel for case in shown for row in case.top for rel in (row.original, row.heatmap) if rel]
         image_src = _embed_images(image_root, wanted).get
     else:
         image_src = _url_path
-
-    cards = [
-        {
-            "rank": rank,
-            "case": case,
-            "new": result.incremental and case.new,
-            "original": _image_view(case.original, image_src),
-            "heatmap": _image_view(case.heatmap, image_src),
-        }
-        for rank, case in enumerate(shown, start=1)
-    ]
+    rows = _rows_of(result, {case.case_id for case in shown if case.kind != "image"})
+    cards = [_card(rank, case, result, rows.get(case.case_id, []), image_src)
+             for rank, case in enumerate(shown, start=1)]
     failures = result.failures
     failures_shown = failures[:_PDF_MAX_FAILURES] if for_pdf else failures
     model = result.model
@@ -224,6 +217,9 @@ def _context(
         "cards": cards,
         "flagged_total": len(flagged),
         "flagged_hidden": len(flagged) - len(shown),
+        "aggregate": _aggregate_label(result.aggregate, result.top_k),
+        "studies": sorted(result.studies, key=lambda s: (s.score is None, -(s.score or 0.0), s.study_uid)),
+        "localizers": Counter(case.study_uid for case in result.case_summaries if case.localizer),
         "failures": [
             {"case": case, "reason": case.reason or STATUSES.get(case.status, "")}
             for case in failures_shown
@@ -236,6 +232,63 @@ def _context(
         "triage_version": result.versions.get("triage", __version__),
         "versions": sorted(result.versions.items()),
     }
+
+
+def _rows_of(result: ScanResult, case_ids: set[str]) -> dict[str, list[CaseResult]]:
+    """The rows of the given cases, by case, in slice order."""
+    rows: dict[str, list[CaseResult]] = {}
+    for row in result.cases:
+        if row.case_id in case_ids:
+            rows.setdefault(row.case_id, []).append(row)
+    for case_rows in rows.values():
+        case_rows.sort(key=lambda row: (row.slice_index or 0, row.path))
+    return rows
+
+
+def _card(rank: int, case: CaseSummary, result: ScanResult, rows: list[CaseResult],
+          image_src: Callable[[str], str | None]) -> dict[str, Any]:
+    """What one flagged case's card shows: its top slices with their overlays and, for a stack, a plot."""
+    slices = [{"row": row, "original": _image_view(row.original, image_src),
+               "heatmap": _image_view(row.heatmap, image_src)} for row in case.top]
+    points = tuple((row.slice_index or 0, row.probability) for row in rows
+                   if row.ok and row.probability is not None)
+    top = tuple(row.slice_index or 0 for row in case.top)
+    return {
+        "rank": rank,
+        "case": case,
+        "new": result.incremental and case.new,
+        "slices": slices,
+        "location": _location(case, rows),
+        "facts": _case_facts(case, result),
+        "plot": _slice_plot_png(points, top, result.threshold) if len(points) > 1 else None,
+    }
+
+
+def _location(case: CaseSummary, rows: list[CaseResult]) -> str:
+    """Where a case lies: its file, or the folder that holds a series' files (with their count)."""
+    paths = sorted({row.path for row in rows})
+    if case.kind != "series" or len(paths) < 2:
+        return case.first_path
+    folder = posixpath.commonpath([posixpath.dirname(path) for path in paths])
+    return f"{folder}/ ({len(paths)} files)" if folder else f"{len(paths)} files from {paths[0]}"
+
+
+def _case_facts(case: CaseSummary, result: ScanResult) -> str:
+    """One line on a series or volume: what it is, how it was ordered and scored."""
+    if case.kind == "image":
+        return ""
+    what = [case.description or ("DICOM series" if case.kind == "series" else "NIfTI volume")]
+    what += [case.modality] if case.modality else []
+    what.append(f"{case.n_scored} of {case.n_images} slices scored")
+    what.append("score: " + _aggregate_label(case.aggregate, result.top_k))
+    what += [f"ordered by {case.sort_method.replace('_', ' ')}"] if case.sort_method else []
+    what += ["localizer (left out of its study's line)"] if case.localizer else []
+    what += [f"series {case.series_uid}"] if case.series_uid else []
+    return " · ".join(what)
+
+
+def _aggregate_label(aggregate: str, top_k: int) -> str:
+    return f"the mean of the top {top_k} slices" if aggregate == "topk" else "the highest slice"
 
 
 def _image_view(relative: str | None, image_src: Callable[[str], str | None]) -> dict[str, Any]:
@@ -360,6 +413,41 @@ def _histogram_png(result: ScanResult) -> str | None:
         fontsize=7, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2,
         borderaxespad=0.2,
     )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_plot_png(points: tuple[tuple[int, float], ...], top: tuple[int, ...], threshold: float) -> str:
+    """Probability along the slice index, threshold drawn, the top slices marked; a PNG ``data:`` URI.
+
+    Cached: the HTML and the PDF of a run draw the same plots.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    index = [i for i, _ in points]
+    probability = [p for _, p in points]
+    figure = Figure(figsize=(6.0, 1.5), dpi=150)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0.075, 0.27, 0.9, 0.55))
+    axes.plot(index, probability, color="#5b7fa6", linewidth=1.0, marker="o", markersize=2.2)
+    marked = [(i, p) for i, p in points if i in top]
+    axes.plot([i for i, _ in marked], [p for _, p in marked], linestyle="none", marker="o", markersize=4,
+              color="#c0392b", label="slices shown")
+    axes.axhline(threshold, color="#1d2329", linestyle="--", linewidth=0.9,
+                 label=f"threshold {_short_number(threshold)}")
+    axes.set_ylim(-0.04, 1.04)
+    axes.set_xlim(min(index) - 0.5, max(index) + 0.5)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_xlabel("slice index", fontsize=7)
+    axes.set_ylabel("probability", fontsize=7)
+    axes.tick_params(labelsize=6)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+    axes.legend(fontsize=6, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.02), ncol=2,
+                borderaxespad=0.0)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=150)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

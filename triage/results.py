@@ -1,4 +1,4 @@
-"""Immutable scan results, and the CSV that renders from them.
+"""Immutable scan results, and the two CSVs (rows and cases) that render from them.
 
 The CSV, the HTML/PDF report and ``run.json`` are all written from one
 :class:`ScanResult`, so they cannot disagree.
@@ -32,12 +32,17 @@ FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned"}
 CSV_COLUMNS = (
     "path", "sha256", "status", "reason", "probability", "flagged",
     "heatmap", "width", "height", "format", "model_id",
+    "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
+)
+CASE_CSV_COLUMNS = (
+    "case_id", "kind", "study_uid", "series_uid", "description", "modality", "n_images", "n_scored",
+    "score", "flagged", "top_path", "top_slice_index", "aggregate", "sort_method", "localizer",
 )
 
 
 @dataclass(frozen=True)
 class CaseResult:
-    """One file found in the input folder, scored or not.
+    """One row: a file found in the input folder, or one slice or frame of it; scored or not.
 
     Attributes:
         path: Path relative to the input folder, with ``/`` separators.
@@ -53,6 +58,13 @@ class CaseResult:
         format: The decoded format (``JPEG``, ``PNG``, ``DICOM``, ...).
         size: File size in bytes; ``mtime_ns``: modification time (for incremental runs).
         new: True when scored in this run, False when carried over from the previous one.
+        case_id: The case (series, volume or loose image) the row belongs to; None for a
+            file that is no case (hidden, junk, not an image).
+        study_uid, series_uid: The DICOM study and series; None for other files.
+        slice_index: Position in its series or volume, 0..n-1; None for a loose image and
+            for a row that stands for a whole file that was not scored.
+        copy_of: The first path (in path order) of another file with the same bytes.
+        heatmap_note: Why a row that asked for a heat map has none.
     """
 
     path: str
@@ -69,6 +81,17 @@ class CaseResult:
     size: int | None = None
     mtime_ns: int | None = None
     new: bool = True
+    case_id: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    slice_index: int | None = None
+    copy_of: str | None = None
+    heatmap_note: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        """What tells rows apart: the file, and the slice of it."""
+        return self.path, self.slice_index
 
     @property
     def ok(self) -> bool:
@@ -102,8 +125,75 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
+class CaseSummary:
+    """The verdict on one case: a DICOM series, a NIfTI volume or a loose image.
+
+    Attributes:
+        kind: ``image``, ``series`` or ``volume``.
+        n_images: Its rows (slices, frames or the one image); ``n_scored``: those ``ok``.
+        score: The case's score from its slices' probabilities (``aggregate``:
+            ``max`` or ``topk``); None when nothing was scored.
+        flagged: ``score >= threshold``.
+        top_path, top_slice_index: The slice with the highest probability.
+        sort_method: How the slices were ordered (``position``, ``instance_number``, ``file_name``).
+        localizer: A localizer: scored, but left out of its study's verdict.
+        status, reason: Why the case was not scored (``skipped``, ``unsupported``, ...); None when it was.
+        top: Its highest rows (at most ``--top-k``), highest first: the slices its card shows.
+        first_path: The path of its first slice.
+        copies: First paths of later cases with the same bytes, shown on this case's card.
+        copy_of: The case whose card shows this one (same bytes), if any.
+        new: Some row was scored in this run.
+    """
+
+    case_id: str
+    kind: str
+    n_images: int
+    n_scored: int
+    score: float | None
+    flagged: bool
+    aggregate: str
+    first_path: str
+    top_path: str | None = None
+    top_slice_index: int | None = None
+    study_uid: str = ""
+    series_uid: str = ""
+    description: str = ""
+    modality: str = ""
+    sort_method: str = ""
+    localizer: bool = False
+    status: str | None = None
+    reason: str = ""
+    top: tuple[CaseResult, ...] = ()
+    copies: tuple[str, ...] = ()
+    copy_of: str | None = None
+    new: bool = True
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A DICOM study's line: the highest score of its non-localizer cases."""
+
+    study_uid: str
+    score: float | None
+    flagged: bool
+    case_ids: tuple[str, ...]
+
+
+def image_summaries(cases: tuple[CaseResult, ...], threshold: float) -> tuple[CaseSummary, ...]:
+    """Each scored row as a loose image of its own (for results built without cases)."""
+    return tuple(
+        CaseSummary(case_id=row.path, kind="image", n_images=1, n_scored=1, score=row.probability,
+                    flagged=row.probability is not None and row.probability >= threshold, aggregate="max",
+                    first_path=row.path, top_path=row.path, top=(row,), new=row.new)
+        for row in cases if row.ok)
+
+
+@dataclass(frozen=True)
 class ScanResult:
-    """A whole run: every file found, the model, and the run's facts."""
+    """A whole run: every row (file or slice), the cases and studies they form, the model, the run's facts.
+
+    ``case_summaries`` left empty means every scored row is a loose image of its own.
+    """
 
     input_dir: str
     cases: tuple[CaseResult, ...]
@@ -118,6 +208,14 @@ class ScanResult:
     removed_since_last: int = 0
     incremental: bool = False
     versions: dict[str, str] = field(default_factory=dict)
+    case_summaries: tuple[CaseSummary, ...] = ()
+    studies: tuple[StudySummary, ...] = ()
+    aggregate: str = "max"
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.case_summaries:
+            object.__setattr__(self, "case_summaries", image_summaries(self.cases, self.threshold))
 
     def count(self, *statuses: str) -> int:
         return sum(case.status in statuses for case in self.cases)
@@ -144,9 +242,15 @@ class ScanResult:
 
     @property
     def flagged(self) -> tuple[CaseResult, ...]:
-        """Flagged cases, highest probability first (then by path, for a stable order)."""
+        """Flagged rows, highest probability first (then by path, for a stable order)."""
         hits = [c for c in self.cases if c.ok and c.flagged]
         return tuple(sorted(hits, key=lambda c: (-(c.probability or 0.0), c.path)))
+
+    @property
+    def flagged_cases(self) -> tuple[CaseSummary, ...]:
+        """Flagged cases, highest score first (then by first path)."""
+        hits = [s for s in self.case_summaries if s.flagged]
+        return tuple(sorted(hits, key=lambda s: (-(s.score or 0.0), s.first_path, s.case_id)))
 
     @property
     def failures(self) -> tuple[CaseResult, ...]:
@@ -165,6 +269,8 @@ class ScanResult:
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
             "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
+            "cases": len(self.case_summaries), "cases_flagged": len(self.flagged_cases),
+            "studies": len(self.studies), "studies_flagged": sum(s.flagged for s in self.studies),
         }
 
 
@@ -192,7 +298,23 @@ def csv_text(result: ScanResult) -> str:
             case.path, _cell(case.sha256), case.status, case.reason,
             _cell(case.probability), _cell(case.flagged) if case.ok else "",
             _cell(case.heatmap), _cell(case.width), _cell(case.height), _cell(case.format),
-            result.model.id,
+            result.model.id, _cell(case.case_id), _cell(case.study_uid), _cell(case.series_uid),
+            _cell(case.slice_index), _cell(case.copy_of), _cell(case.heatmap_note),
+        ])
+    return buffer.getvalue()
+
+
+def cases_csv_text(result: ScanResult) -> str:
+    """The cases CSV of a run: one row per case, in the run's (first path) order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CASE_CSV_COLUMNS)
+    for case in result.case_summaries:
+        writer.writerow([
+            case.case_id, case.kind, case.study_uid, case.series_uid, case.description, case.modality,
+            case.n_images, case.n_scored, _cell(case.score), _cell(case.flagged) if case.n_scored else "",
+            _cell(case.top_path), _cell(case.top_slice_index), case.aggregate, case.sort_method,
+            _cell(case.localizer),
         ])
     return buffer.getvalue()
 
@@ -200,6 +322,11 @@ def csv_text(result: ScanResult) -> str:
 def write_csv(result: ScanResult, path: str | Path) -> None:
     """Write the run's CSV atomically."""
     atomic_write_text(path, csv_text(result))
+
+
+def write_cases_csv(result: ScanResult, path: str | Path) -> None:
+    """Write the run's cases CSV atomically."""
+    atomic_write_text(path, cases_csv_text(result))
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

@@ -2,7 +2,7 @@
 
 Every output is written to a temporary file and renamed, in an order that
 keeps the previous outputs readable whatever moment the run is killed at:
-heat maps (new names) -> CSV -> HTML -> PDF -> state -> ``run.json`` (last)
+heat maps (new names) -> CSV -> cases CSV -> HTML -> PDF -> state -> ``run.json`` (last)
 -> removal of heat maps nothing refers to any more. Temporary files a killed
 run left are removed by the next run, under the lock.
 
@@ -25,7 +25,7 @@ from triage.atomic import atomic_write_text
 from triage.errors import OutputError, Stopped, UsageError
 from triage.inference import find_model, load_for_inference
 from triage.lock import OutputLock
-from triage.results import ScanResult, write_csv
+from triage.results import ScanResult, write_cases_csv, write_csv
 from triage.scoring import ScanOptions, scan_folder
 from triage.state import load_state, scan_settings, write_state
 
@@ -40,6 +40,7 @@ class OutputPaths:
     html: Path
     pdf: Path | None
     csv: Path
+    cases_csv: Path
     heatmaps: Path
     run_json: Path
     state: Path
@@ -54,7 +55,8 @@ class OutputPaths:
     def written(self) -> list[tuple[str, str, Path]]:
         """(what, the setting that names it, path) of everything the run writes."""
         found = [("the HTML report", "out", self.html), ("the PDF report", "out", self.pdf),
-                 ("the CSV", "csv", self.csv), ("the heat-map folder", "out", self.heatmaps),
+                 ("the CSV", "csv", self.csv), ("the cases CSV", "csv", self.cases_csv),
+                 ("the heat-map folder", "out", self.heatmaps),
                  ("run.json", "out", self.run_json), ("the state file", "out", self.state)]
         found += [("a lock file", "out", lock) for lock in self.locks]
         return [(what, option, path) for what, option, path in found if path is not None]
@@ -74,10 +76,12 @@ class OutputPaths:
             raise UsageError(f"The report {out} is a folder; give a file name such as "
                              f"{out / 'report.pdf'}.", option="out")
         base = out.with_suffix("")
+        csv = Path(csv) if csv else base.with_suffix(".csv")
         return cls(
             html=out if suffix != ".pdf" else base.with_suffix(".html"),
             pdf=out if suffix == ".pdf" else None,
-            csv=Path(csv) if csv else base.with_suffix(".csv"),
+            csv=csv,
+            cases_csv=csv.with_name(f"{csv.stem}_cases{csv.suffix}"),
             heatmaps=base.parent / f"{base.name}_heatmaps",
             run_json=out.parent / "run.json",
             state=out.parent / f".{base.name}.state.json",
@@ -106,7 +110,9 @@ def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
         "images_per_second": round(result.images_per_second, 3),
         "interrupted": result.interrupted,
         "incremental": result.incremental,
-        "outputs": {"csv": paths.csv.name, "html": paths.html.name,
+        "aggregate": result.aggregate,
+        "top_k": result.top_k,
+        "outputs": {"csv": paths.csv.name, "cases_csv": paths.cases_csv.name, "html": paths.html.name,
                     "pdf": paths.pdf.name if paths.pdf else None, "heatmaps": paths.heatmaps.name},
     }
 
@@ -125,7 +131,7 @@ def _remove_stray_temporaries(paths: OutputPaths) -> None:
 
     Called under the lock, so no live run of these outputs is writing them.
     """
-    for final in (paths.csv, paths.html, paths.pdf, paths.state, paths.run_json):
+    for final in (paths.csv, paths.cases_csv, paths.html, paths.pdf, paths.state, paths.run_json):
         if final is not None and final.parent.is_dir():
             for stray in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
                 with contextlib.suppress(OSError):
@@ -260,16 +266,17 @@ def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> 
         return {}
     reuse = load_state(paths.state, settings, paths.heatmaps.name)
     if reuse:
-        log.info("incremental: %d rows of the previous run may be reused", len(reuse))
+        log.info("incremental: %d rows of the previous run may be reused", sum(map(len, reuse.values())))
     return reuse
 
 
 def write_outputs(result: ScanResult, paths: OutputPaths, settings: dict[str, Any],
                   max_report_cases: int) -> None:
-    """CSV -> HTML -> PDF -> state -> ``run.json`` (last) -> unreferenced heat maps removed."""
+    """CSV -> cases CSV -> HTML -> PDF -> state -> ``run.json`` (last) -> unreferenced heat maps removed."""
     from triage.report import write_html, write_pdf
 
     write_csv(result, paths.csv)
+    write_cases_csv(result, paths.cases_csv)
     write_html(result, paths.html)
     if paths.pdf:
         write_pdf(result, paths.pdf, max_cases=max_report_cases)

@@ -47,14 +47,18 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
 _ROW_TYPES: dict[str, type] = {
     "path": str, "status": str, "sha256": str, "reason": str, "probability": float, "flagged": bool,
     "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
-    "mtime_ns": int, "new": bool,
+    "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
+    "copy_of": str, "heatmap_note": str,
 }
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
+# Fields a row of an older state may lack (it then never matches this run's settings anyway).
+_ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note"})
 
 
 def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
     """One state row as a :class:`CaseResult`; ``ValueError`` when it is not one this tool wrote."""
-    if not isinstance(row, dict) or set(row) != {f.name for f in dataclasses.fields(CaseResult)}:
+    names = {f.name for f in dataclasses.fields(CaseResult)}
+    if not isinstance(row, dict) or not names - _ROW_OPTIONAL <= set(row) <= names:
         raise ValueError(f"a row is not a case: {str(row)[:80]}")
     for name, kind in _ROW_TYPES.items():
         value = row.get(name)
@@ -74,8 +78,9 @@ def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
     return case
 
 
-def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, CaseResult]:
-    """Rows of the previous run, or nothing when they can't be trusted (said in the log).
+def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, list[CaseResult]]:
+    """Rows of the previous run by path (a volume's slices share one), or nothing when they can't be
+    trusted (said in the log).
 
     Args:
         path: The state file beside the outputs.
@@ -92,10 +97,10 @@ def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dic
         old_settings, cases = state.get("settings"), state.get("cases")
         if not isinstance(old_settings, dict) or not isinstance(cases, list):
             raise ValueError("no settings or cases")
-        rows = {}
+        rows: dict[str, list[CaseResult]] = {}
         for row in cases:
             case = _check_row(row, heatmap_folder)
-            rows[case.path] = case
+            rows.setdefault(case.path, []).append(case)
     except (OSError, ValueError, TypeError, RecursionError) as exc:
         log.warning("previous state %s is unreadable (%s): scanning everything", path, exc)
         return {}
