@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from test_series import mr_slice, write_nifti
 
 from conftest import blob_image
-from triage.cli import EXIT_OK, EXIT_SOME_FAILED, main
+from triage.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.results import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
 
 TUMOUR_SLICES = {"t2": (2, 3), "t1": (), "volume": (1, 4)}
@@ -254,13 +254,14 @@ def test_a_non_finite_heat_map_leaves_its_image_scored(folder: Path, trained_mod
     work = tmp_path / "in"
     shutil.copytree(folder / "loose", work)
     result = CliRunner().invoke(main, ["scan", str(work), "--out", str(tmp_path / "r.html"), "--model",
-                                       str(trained_model), "--explain", "all"])
+                                       str(trained_model), "--explain", "all", "--threshold", "0"])
     assert result.exit_code == EXIT_OK, result.output
     rows = read_csv(tmp_path / "r.csv")
     assert all(row["status"] == "ok" and row["probability"] for row in rows)
     [spoiled] = [row for row in rows if not row["heatmap"]]  # the first of the one Grad-CAM call
     assert spoiled["heatmap_note"] == NOT_FINITE and spoiled["path"] == "a.png"
     assert all(row["heatmap_note"] == "" for row in rows if row["heatmap"])
+    assert NOT_FINITE in (tmp_path / "r.html").read_text(encoding="utf-8")  # said on its card
 
 
 def test_one_non_finite_row_of_activations_spoils_only_its_own_map(trained_model: Path) -> None:
@@ -275,3 +276,12 @@ def test_one_non_finite_row_of_activations_spoils_only_its_own_map(trained_model
     maps = model.gradcam.heatmaps(activations)
     assert [usable(cam) for cam in maps] == [True, False, True]
     np.testing.assert_allclose(maps[[0, 2]], clean[[0, 2]], atol=1e-6)
+
+
+def test_modalities_to_score_are_chosen(folder: Path, trained_model: Path, tmp_path: Path) -> None:
+    rows, _, _ = scan(folder / "ct", tmp_path / "r.html", trained_model, "--modality", "mr, ct",
+                          "--explain", "none")
+    assert [(row["path"], row["status"]) for row in rows] == [("ct.dcm", "ok")]
+    result = CliRunner().invoke(main, ["scan", str(folder / "ct"), "--out", str(tmp_path / "s.html"),
+                                       "--model", str(trained_model), "--modality", ","])
+    assert result.exit_code == EXIT_USAGE and "(--modality)" in result.output, result.output

@@ -217,6 +217,7 @@ def _context(
         "cards": cards,
         "flagged_total": len(flagged),
         "flagged_hidden": len(flagged) - len(shown),
+        "copies_merged": len(result.flagged_cases) - len(flagged),
         "aggregate": _aggregate_label(result.aggregate, result.top_k),
         "studies": sorted(result.studies, key=lambda s: (s.score is None, -(s.score or 0.0), s.study_uid)),
         "localizers": Counter(case.study_uid for case in result.case_summaries if case.localizer),
