@@ -221,6 +221,11 @@ def test_a_changed_slice_rescores_its_case_only(folder: Path, trained_model: Pat
     new = {row["case_id"] for row in state["cases"] if row["new"] and row["status"] == "ok"}
     assert new == t2
     assert [r for r in first if r["case_id"] not in t2] == [r for r in second if r["case_id"] not in t2]
+    # A slice gone from a series changes its window and its order: the rest of it is scored again.
+    sorted(work.glob("t1/IM*"))[-1].unlink()
+    third, _, facts = scan(work, out, trained_model, "--threshold", "0")
+    assert facts["counts"]["scored_this_run"] == 3 and facts["counts"]["removed_since_last"] == 1
+    assert sorted(r["slice_index"] for r in third if r["path"].startswith("t1/")) == ["0", "1", "2"]
 
 
 def test_identical_files_are_marked_as_copies_and_share_one_card(folder: Path, trained_model: Path,

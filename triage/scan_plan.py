@@ -92,10 +92,11 @@ def _carried(case: Case, reuse: dict[str, list[CaseResult]], previous_count: int
     every row is ``ok`` with its file and images unchanged.
     """
     wanted = {(slice_.relpath, slice_.slice_index) for slice_ in case.slices}
-    rows = [row for path in {path for path, _ in wanted} for row in reuse.get(path, ())]
+    rows = [row for path in {path for path, _ in wanted} for row in reuse.get(path, ())
+            if row.case_id == case.case_id]
     if previous_count != len(wanted) or len(rows) != len(wanted) or {row.key for row in rows} != wanted:
         return None
-    if not all(row.case_id == case.case_id and _unchanged(row, files[row.path], report_dir) for row in rows):
+    if not all(_unchanged(row, files[row.path], report_dir) for row in rows):
         return None
     return [replace(row, new=False) for row in rows]
 
