@@ -27,6 +27,7 @@ from triage.images import FoundFile
 from triage.inference import InferenceModel
 from triage.model import sha256_file
 from triage.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
+from triage.ray_engine import RaySettings, model_spec, ray_predict
 from triage.results import CaseResult
 from triage.scan_plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.series import Case, Slice, case_score, decode_slice
@@ -58,6 +59,12 @@ class FileDigests:
         self.keep = keep
         self._lock = threading.Lock()
         self._digests: OrderedDict[Path, Future[str]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"keep": self.keep}  # a copy sent to another process starts empty
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["keep"])  # type: ignore[misc]
 
     def get(self, path: Path) -> str:
         with self._lock:
@@ -92,7 +99,9 @@ class CamQueue:
         """Heat maps for the pending slices; a map that is not finite leaves its row without one, noted."""
         if not self.pending:
             return
-        maps = self.model.gradcam.heatmaps(np.stack([kept.activation for kept in self.pending]))
+        kept_arrays = np.stack([kept.activation for kept in self.pending])
+        # Activations (local engine) or maps an actor already made from them (Ray engine).
+        maps = self.model.gradcam.heatmaps(kept_arrays) if kept_arrays.ndim == 4 else kept_arrays
         for kept, cam in zip(self.pending, maps):
             key = kept.row.key
             if usable(cam):
@@ -128,6 +137,22 @@ def _rank(row: CaseResult) -> tuple[float, int]:
     return -(row.probability or 0.0), row.slice_index or 0
 
 
+class SliceDecoder:
+    """Decodes a job for the model: a loose image as ever (file hash, display copy), a slice with
+    its case's window. Picklable, so the Ray engine's decode tasks run the very same code."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+        self.digests = FileDigests()
+
+    def __call__(self, job: Job) -> Decoded:
+        if job.case.kind == "image":
+            return decode_image(job.slice.path, self.image_size)
+        digest = self.digests.get(job.slice.path)
+        return decode_pixels(lambda: decode_slice(job.slice, job.case), _slice_cost(job), digest,
+                             FORMATS[job.case.kind], self.image_size)
+
+
 class CaseScorer:
     """Turns the predictor's outcomes into rows, and asks for heat maps as cases complete.
 
@@ -150,16 +175,8 @@ class CaseScorer:
         self.aggregate, self.top_k = aggregate, top_k
         self.files, self.rows = files, rows
         self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
-        self.digests = FileDigests()
+        self.decode = SliceDecoder(model.image_size)
         self.in_flight: dict[str, InFlight] = {}
-
-    def decode(self, job: Job) -> Decoded:
-        """A loose image as ever (file hash, display copy); a slice with its case's window."""
-        if job.case.kind == "image":
-            return decode_image(job.slice.path, self.model.image_size)
-        digest = self.digests.get(job.slice.path)
-        return decode_pixels(lambda: decode_slice(job.slice, job.case), _slice_cost(job), digest,
-                             FORMATS[job.case.kind], self.model.image_size)
 
     def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None]]:
         """Each row's probability and, when heat maps may be made, its activations."""
@@ -224,10 +241,20 @@ def _slice_cost(job: Job) -> int:
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
-                progress: Callable[[int], None] | None) -> None:
-    """Score the slices of ``plan.to_score`` in one stream of full batches; rows go into ``scorer.rows``."""
+                progress: Callable[[int], None] | None, ray: RaySettings | None = None,
+                device: str = "auto", precision: str = "auto") -> None:
+    """Score the slices of ``plan.to_score`` in one stream of full batches; rows go into ``scorer.rows``.
+
+    Locally through :func:`triage.predictor.predict`, or on Ray Data (``ray``) through
+    :func:`triage.ray_engine.ray_predict`: the same jobs, decoder and outcomes.
+    """
     jobs: Sequence[Job] = [Job(case, slice_) for case in plan.to_score for slice_ in case.slices]
-    for outcome in predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
-                           progress=progress):
+    if ray is None:
+        outcomes = predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
+                           progress=progress)
+    else:
+        outcomes = ray_predict(jobs, scorer.decode, model_spec(scorer.model, device, precision),
+                               batch_size=batch_size, settings=ray, stop=stop, progress=progress)
+    for outcome in outcomes:
         scorer.take(outcome)
     scorer.close()

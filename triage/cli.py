@@ -466,6 +466,14 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
               help="DICOM modalities to score, comma-separated (e.g. MR,OT); others are skipped.")
 @device_option
 @precision_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data (pip install 'triage[ray]'), same outputs.")
+@click.option("--ray-address", metavar="ADDRESS", default=None,
+              help="Join this running Ray cluster [default: start a local Ray for the run, stop it after].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model actors of the ray engine.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="GPUs each model actor reserves (may be fractional, e.g. 0.5).")
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
@@ -473,7 +481,8 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
 @handle_errors
 def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, threshold: float | None,
          explain: str, max_report_cases: int, group_by: str, aggregate: str, top_k: int, modality: str,
-         device: str, precision: str, full: bool, wait: float,
+         device: str, precision: str, engine: str, ray_address: str | None, workers: int,
+         gpus_per_worker: float, full: bool, wait: float,
          batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
     """Score every image, DICOM series and NIfTI volume under INPUT_DIR; write the CSVs and the report.
 
@@ -488,6 +497,7 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
       triage scan ./incoming --out reports/report.pdf
     """
     _setup_logging(quiet, log_file, verbose, input_dir)
+    from triage.ray_engine import RaySettings
     from triage.run import run_scan
     from triage.scoring import ScanOptions
 
@@ -497,7 +507,8 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     log.info("scan %s -> %s", input_dir, out)
     options = ScanOptions(threshold=threshold, explain=explain, batch_size=batch_size or 16, device=device,
                           precision=precision, group_by=group_by, aggregate=aggregate, top_k=top_k,
-                          modalities=tuple(m.strip().upper() for m in modality.split(",") if m.strip()))
+                          modalities=tuple(m.strip().upper() for m in modality.split(",") if m.strip()),
+                          engine=engine, ray=RaySettings(ray_address, workers, gpus_per_worker))
     try:
         result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=options,
                                  max_report_cases=max_report_cases, full=full, wait=wait,

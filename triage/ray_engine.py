@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ class ModelSpec:
     precision: str
     cam_layer: str
     image_size: int
+
+
+def model_spec(model: Any, device: str, precision: str) -> ModelSpec:
+    """What the actors load: the driver's model folder and CAM layer, with the device and precision
+    asked for (``auto`` resolves on each actor's own machine: a GPU worker under a CPU driver)."""
+    return ModelSpec(model.folder, device, precision, model.gradcam.layer_name, model.image_size)
 
 
 def require_ray() -> Any:
@@ -135,9 +142,12 @@ class RaySession:
         ray = require_ray()
         _route_ray_logs()
         if not ray.is_initialized():
+            # A local instance gets a CPU slot beyond the actors' for the decode tasks; a cluster
+            # brings its own (each actor reserves one CPU there).
+            cpus = None if self.settings.address else max(os.cpu_count() or 1, self.settings.workers + 1)
             with native_lines_to_log("ray"):
-                ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR, configure_logging=False)
+                ray.init(address=self.settings.address, num_cpus=cpus, include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
             self.started = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False

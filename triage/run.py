@@ -193,13 +193,23 @@ def _locked_run(input_dir: Path, paths: OutputPaths, folder: Path, options: Scan
     if should_stop():
         raise Stopped("the scan had not begun; no output was changed")
     on_phase("scanning")
-    result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
-                         report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
-                         on_found=on_found, progress=progress)
+    with _engine(options):
+        result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
+                             report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
+                             on_found=on_found, progress=progress)
     on_phase("writing")
     write_outputs(result, paths, settings, max_report_cases)
     on_phase("written")
     return result
+
+
+def _engine(options: ScanOptions) -> contextlib.AbstractContextManager[object]:
+    """Ray for the ray engine (joined, or started and stopped for this run); nothing locally."""
+    if options.engine != "ray":
+        return contextlib.nullcontext()
+    from triage.ray_engine import RaySession
+
+    return RaySession(options.ray)
 
 
 def _output_failure(error: OSError) -> str:

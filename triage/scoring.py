@@ -19,12 +19,14 @@ from triage.images import discover
 from triage.inference import InferenceModel, library_versions
 from triage.model import CAM_LAYER
 from triage.predictor import Stop
+from triage.ray_engine import RaySettings, require_ray
 from triage.results import CaseResult, ScanResult
 from triage.scan_plan import Plan, case_fields, plan_scan, rows_in_path_order
 from triage.series import AGGREGATES, GROUP_BY
 from triage.verdicts import mark_copies, verdicts
 
 EXPLAIN_CHOICES = ("flagged", "all", "none")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class ScanOptions:
     aggregate: str = "max"  # a case's score: max, or topk (the mean of its top_k highest slices)
     top_k: int = 3  # slices in a topk score, and slices of a flagged case that get heat maps
     modalities: tuple[str, ...] = ("MR",)  # DICOM modalities that are scored
+    engine: str = "local"  # local: this process; ray: Ray Data (see ray)
+    ray: RaySettings = RaySettings()  # where and how wide the ray engine runs
 
     def validate(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -56,6 +60,12 @@ class ScanOptions:
             raise UsageError(f"The aggregate must be one of {', '.join(AGGREGATES)}.", option="aggregate")
         if self.top_k < 1:
             raise UsageError(f"Top k must be at least 1, got {self.top_k}.", option="top_k")
+        if self.engine not in ENGINES:
+            raise UsageError(f"The engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.",
+                             option="engine")
+        if self.engine == "ray":
+            self.ray.validate()
+            require_ray()
         if not self.modalities or not all(m.isalnum() for m in self.modalities):
             raise UsageError(f"Modalities must be DICOM modality codes such as MR or CT, got "
                              f"{','.join(self.modalities) or 'none'}.", option="modality")
@@ -103,7 +113,9 @@ def scan_folder(
                         top_k=options.top_k, writer=writer, files={item.relpath: item for item in found},
                         rows=plan.rows, batch_size=options.batch_size)
     try:
-        score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=progress)
+        score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=progress,
+                    ray=options.ray if options.engine == "ray" else None, device=options.device,
+                    precision=options.precision)
     finally:
         if writer:
             writer.close()
