@@ -166,6 +166,7 @@ def _route_ray_logs() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+        logger.setLevel(logging.WARNING)
 
 
 def _scorer(spec: ModelSpec, batch_size: int) -> type:

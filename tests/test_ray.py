@@ -1,0 +1,110 @@
+"""`triage scan --engine ray`: the same outputs as the local engine, on a small local Ray."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from pydicom.uid import generate_uid
+from test_cases import write_series, write_volume
+
+from conftest import blob_image
+from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
+from triage.results import read_csv
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One small Ray for the session: two CPUs, a small object store, no dashboard."""
+    ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Loose PNGs (one a copy, one corrupt), a DICOM series and a NIfTI volume."""
+    root = tmp_path_factory.mktemp("ray-input")
+    write_series(root, generate_uid(), "t2", 5)
+    (root / "vol").mkdir()
+    write_volume(root / "vol" / "head.nii.gz")
+    (root / "loose").mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(9):
+        Image.fromarray(blob_image(rng, i % 3 == 0)).save(root / "loose" / f"scan{i}.png")
+    shutil.copy(root / "loose" / "scan0.png", root / "loose" / "copy.png")
+    (root / "loose" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return root
+
+
+def scan(folder: Path, out: Path, model: Path, *args: str) -> object:
+    return CliRunner().invoke(main, ["scan", str(folder), "--out", str(out / "report.html"), "--model",
+                                     str(model), "--quiet", "--precision", "fp32", "--batch-size", "4",
+                                     *args])
+
+
+def test_both_engines_write_the_same_outputs(local_ray, folder: Path, trained_model: Path,
+                                             tmp_path: Path) -> None:
+    local = scan(folder, tmp_path / "local", trained_model)
+    remote = scan(folder, tmp_path / "ray", trained_model, "--engine", "ray", "--workers", "1")
+    assert local.exit_code == remote.exit_code == EXIT_SOME_FAILED, remote.output
+    for name in ("report.csv", "report_cases.csv"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    assert sorted(p.name for p in (tmp_path / "ray" / "report_heatmaps").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "local" / "report_heatmaps").iterdir())
+    csvs = sorted(p.relative_to(tmp_path / "ray").as_posix() for p in (tmp_path / "ray").rglob("*.csv"))
+    assert csvs == ["report.csv", "report_cases.csv"]  # one CSV of rows, not a folder of parts
+    broken = {row["path"]: row for row in read_csv(tmp_path / "ray" / "report.csv")}["loose/broken.png"]
+    assert broken["status"] == "unreadable" and broken["reason"]  # a failed file is a row with its reason
+
+
+def test_an_interrupted_ray_run_leaves_the_previous_outputs(local_ray, folder: Path, trained_model: Path,
+                                                           tmp_path: Path) -> None:
+    from triage.ray_engine import RaySettings
+    from triage.run import run_scan
+    from triage.scoring import ScanOptions
+
+    out = tmp_path / "out"
+    assert scan(folder, out, trained_model).exit_code == EXIT_SOME_FAILED
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    handled = []
+
+    def second_ctrl_c(n: int) -> None:
+        handled.append(n)
+        if len(handled) > 2:
+            raise KeyboardInterrupt
+
+    options = ScanOptions(engine="ray", ray=RaySettings(workers=1), batch_size=4, precision="fp32")
+    with pytest.raises(KeyboardInterrupt):
+        run_scan(folder, out / "report.html", model=trained_model, options=options, full=True,
+                 progress=second_ctrl_c)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "_heatmaps" not in str(p)}
+    assert after == {p: b for p, b in before.items() if "_heatmaps" not in str(p)}
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_the_engine_without_ray_installed_says_how_to_install_it(folder: Path, trained_model: Path,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
+    result = scan(folder, tmp_path / "out", trained_model, "--engine", "ray")
+    assert result.exit_code == EXIT_USAGE
+    assert "pip install 'triage[ray]'" in result.output and "(--engine)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_ray_settings_are_checked(folder: Path, trained_model: Path, tmp_path: Path) -> None:
+    from triage.errors import UsageError
+    from triage.ray_engine import RaySettings
+
+    with pytest.raises(UsageError):
+        RaySettings(workers=0).validate()
+    with pytest.raises(UsageError):
+        RaySettings(gpus_per_worker=-1).validate()
