@@ -208,6 +208,18 @@ def test_html_model_facts() -> None:
     assert render_html(_result(_clean(3), model=missing)).count("not recorded") == 2
 
 
+def test_validation_figures_say_what_they_were_measured_on() -> None:
+    import html
+
+    model = _model(val_images=50, val_split="grouped", threshold_source="out-of-fold", threshold=0.42)
+    same = html.unescape(_flat(render_html(_result(_clean(3), model=model, threshold=0.42))))
+    assert ("at the model's threshold 0.42 (out-of-fold) on its validation set of 50 images "
+            "(grouped split)") in same
+    assert "do not apply" not in same
+    other = html.unescape(_flat(render_html(_result(_clean(3), model=model, threshold=0.3))))
+    assert "this run flags at 0.30, where these figures do not apply" in other
+
+
 def test_html_summary_incremental_and_interrupted(report_dir: Path) -> None:
     cases = [
         _flagged(report_dir, "fresh.png", 0.9, seed=1, new=True),

@@ -136,7 +136,8 @@ def summarise(folder: Path, card: ModelCard, model_sha256: str, precision: str =
         version=card.tool_version, threshold=card.threshold, image_size=card.image_size,
         backbone_weights=card.backbone.weights, trained_on=trained_on, trained_at=card.created_at,
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
-        precision=precision,
+        val_images=card.split.validation.n, val_split=card.split.method,
+        threshold_source=card.threshold_source, precision=precision,
     )
 
 

@@ -339,6 +339,18 @@ def _metric(value: tuple[float, float, float, int] | None) -> str:
     return f"{point:.2f} (95% CI {low:.2f}–{high:.2f}, n={n})"
 
 
+def _measured_on(result: ScanResult) -> str:
+    """What the validation figures are: at which threshold, on how many images, and whether they hold here."""
+    model = result.model
+    where = (f"at the model's threshold {_short_number(model.threshold)} ({model.threshold_source}) "
+             f"on its validation set of {model.val_images if model.val_images is not None else '?'} images"
+             + (f" ({model.val_split} split)" if model.val_split else ""))
+    if not math.isclose(result.threshold, model.threshold):
+        where += (f"; this run flags at {_short_number(result.threshold)}, where these figures "
+                  f"do not apply")
+    return where
+
+
 def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
     model = result.model
     threshold = _short_number(model.threshold)
@@ -353,6 +365,7 @@ def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
         ("Input size", f"{model.image_size} × {model.image_size} px"),
         ("Validation sensitivity", _metric(model.val_sensitivity)),
         ("Validation specificity", _metric(model.val_specificity)),
+        ("Measured", _measured_on(result)),
         ("Backbone weights", model.backbone_weights),
         ("Precision of this run", _PRECISION_LABELS.get(model.precision, model.precision)),
     ]

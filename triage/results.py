@@ -117,6 +117,9 @@ class ModelSummary:
     trained_at: str
     val_sensitivity: tuple[float, float, float, int] | None  # value, CI low, CI high, n
     val_specificity: tuple[float, float, float, int] | None
+    val_images: int | None = None  # the validation set those two were measured on
+    val_split: str = ""  # how that set was split off: grouped or keras
+    threshold_source: str = "default"  # default, fixed or out-of-fold
     precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
 
     @property
