@@ -14,8 +14,11 @@ incremental rescan or an evaluation.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Generic, Iterable, Iterator, Sequence, TypeVar
@@ -113,6 +116,26 @@ class DecodeBudget:
 
 
 DECODE_BUDGET = DecodeBudget(768 << 20)
+_MMAP_THRESHOLD = 4 << 20
+
+
+def _return_freed_buffers() -> None:
+    """Have glibc give large freed buffers back to the system at once.
+
+    A decoded 100-megapixel scan is hundreds of 16 MB Pillow blocks. glibc raises
+    its mmap threshold after such frees, so later blocks come from per-thread
+    arenas that keep them once freed: each decoding thread would then hold a
+    whole scan's worth of memory forever. A fixed threshold turns that off.
+    Elsewhere than glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return
+
+
+_return_freed_buffers()
 _COPIES_WHILE_DECODING = 12  # bytes per pixel: the decoder's RGBA buffer, a rotated copy, the array
 
 
@@ -121,7 +144,10 @@ def _decoding_cost(data: bytes) -> int:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        with warnings.catch_warnings():  # triage refuses bombs itself (images.MAX_PIXELS)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        with image:
             width, height = image.size
         return width * height * _COPIES_WHILE_DECODING
     except Exception:  # not a Pillow format (DICOM) or a corrupt header: decoding will say
