@@ -17,7 +17,7 @@ from triage.atomic import atomic_write_text
 OK = "ok"
 STATUSES: dict[str, str] = {
     OK: "scored",
-    "skipped": "hidden or system file (.DS_Store, Thumbs.db, dot-files), not read",
+    "skipped": "hidden or system file or folder (.DS_Store, Thumbs.db, dot-files, $RECYCLE.BIN), not read",
     "unsupported": "not an image format triage reads",
     "empty": "zero-byte file",
     "unreadable": "an image format, but the file is corrupt or truncated",
