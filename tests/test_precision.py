@@ -200,7 +200,9 @@ def test_scan_records_precision_and_never_reuses_other_precision_rows(
     fast = scan("bf16")
     facts = json.loads((out.parent / "run.json").read_text())
     assert fast.model.precision == facts["precision"] == "bf16"
+    assert facts["device"] == fast.model.device == "cpu"  # no GPU where the tests run
     assert "bf16 (mixed bfloat16" in out.read_text(encoding="utf-8")
+    assert "Device of this run</th><td>CPU" in out.read_text(encoding="utf-8")
     assert scan("bf16").scored_this_run == 0  # same precision: every row reused
     exact = scan("fp32")
     assert exact.scored_this_run == exact.scored > 0  # another precision: all scored again

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,8 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
         raise ModelError(f"The model card says image size {size}, but the model takes "
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
     network = with_precision(network, chosen)
-    summary = summarise(folder, card, sha256_file(folder / MODEL_FILE), chosen)
+    summary = replace(summarise(folder, card, sha256_file(folder / MODEL_FILE), chosen),
+                      device="gpu" if on_gpu else "cpu")
     gradcam = GradCam(network, cam_layer, jit_compile=on_gpu)
     log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
              "GPU, XLA" if on_gpu else "CPU", chosen)

@@ -368,6 +368,7 @@ def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
         ("Measured", _measured_on(result)),
         ("Backbone weights", model.backbone_weights),
         ("Precision of this run", _PRECISION_LABELS.get(model.precision, model.precision)),
+        ("Device of this run", "GPU" if model.device == "gpu" else "CPU"),
     ]
 
 

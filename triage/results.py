@@ -120,6 +120,7 @@ class ModelSummary:
     val_images: int | None = None  # the validation set those two were measured on
     val_split: str = ""  # how that set was split off: grouped or keras
     threshold_source: str = "default"  # default, fixed or out-of-fold
+    device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
     precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
 
     @property

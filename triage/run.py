@@ -101,6 +101,7 @@ def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
                   "backbone_weights": model.backbone_weights, "image_size": model.image_size},
         "threshold": result.threshold,
         "precision": model.precision,
+        "device": model.device,
         "cam_layer": result.cam_layer,
         "explain": result.explain,
         "counts": result.counts(),
