@@ -38,3 +38,36 @@ def test_display_copy_keeps_aspect_and_caps_the_side() -> None:
     assert display_copy(big).shape == (1024, 512, 3)
     small = np.zeros((300, 200, 3), dtype=np.uint8)
     assert display_copy(small) is small
+
+
+def test_decode_budget_lets_a_huge_image_decode_alone() -> None:
+    """Reservations larger than the budget never overlap; small ones share it."""
+    import threading
+    import time
+
+    from triage.predictor import DecodeBudget
+
+    budget = DecodeBudget(100)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def decode(size: int) -> None:
+        with budget.reserve(size):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    def run(sizes: list[int]) -> int:
+        most[0] = 0
+        threads = [threading.Thread(target=decode, args=(s,)) for s in sizes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return most[0]
+
+    assert run([10_000] * 4) == 1  # huge: one at a time
+    assert run([10] * 4) == 4  # small: all at once
