@@ -145,7 +145,8 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
 
 def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -> np.ndarray:
     """Which images are exact or near copies of the images a model was trained on (per its card)."""
-    exact = np.array([sha in set(trained.sha256s) for sha, _ in hashes], dtype=bool)
+    trained_shas = set(trained.sha256s)
+    exact = np.array([sha in trained_shas for sha, _ in hashes], dtype=bool)
     near = near_matches([fingerprint for _, fingerprint in hashes], list(trained.fingerprints))
     return exact | near
 
