@@ -32,7 +32,9 @@ class HeatmapWriter:
         stem = f"{sha256[:20]}{part}-{self.tag}"
         overlay_path = self.folder / f"{stem}_gradcam.png"
         image_path = self.folder / f"{stem}_image.jpg"
-        self._pending = [f for f in self._pending if not f.done()]
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            future.result()  # a failed write stops the run here, not silently
         if len(self._pending) > 64:  # bound the queue so memory stays flat
             self._pending.pop(0).result()
         self._pending.append(self._pool.submit(self._write, pixels, cam, overlay_path, image_path))
@@ -60,6 +62,11 @@ class HeatmapWriter:
                 raise
 
     def close(self) -> None:
+        """Wait for every write, then raise the first failure.
+
+        The thread is joined before anything is raised, so no temporary file is
+        being written once this returns, even when a write failed.
+        """
+        self._pool.shutdown(wait=True)
         for future in self._pending:
             future.result()
-        self._pool.shutdown(wait=True)
