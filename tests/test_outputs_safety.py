@@ -211,3 +211,23 @@ def test_a_name_too_long_is_one_sentence(tmp_path: Path, folder: Path, trained_m
     result = scan(folder, trained_model, "--out", str(tmp_path / ("r" * 300 + ".html")))
     assert result.exit_code == EXIT_OUTPUT, result.output
     assert "File name too long" in result.output and "Traceback" not in result.output
+
+
+def test_a_failed_heat_map_write_is_raised_and_leaves_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from triage.heatmaps import HeatmapWriter
+
+    writer = HeatmapWriter(tmp_path, tmp_path, "tag")
+    pixels, cam = np.zeros((64, 64, 3), np.uint8), np.zeros((8, 8), np.float32)
+
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "full")
+
+    monkeypatch.setattr("triage.heatmaps.os.replace", disk_full)
+    with pytest.raises(OSError, match="full"):
+        try:
+            for i in range(40):
+                writer.submit(f"{i:064x}", pixels, cam)
+        finally:
+            writer.close()
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.png"))
