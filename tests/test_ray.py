@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from test_cases import write_series, write_volume
 
 from conftest import blob_image
 from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
+from triage.model import cpu_has_bf16
 from triage.results import read_csv
 
 ray = pytest.importorskip("ray")
@@ -108,3 +111,81 @@ def test_ray_settings_are_checked(folder: Path, trained_model: Path, tmp_path: P
         RaySettings(workers=0).validate()
     with pytest.raises(UsageError):
         RaySettings(gpus_per_worker=-1).validate()
+
+
+def test_a_worker_that_dies_is_restarted_and_its_batch_retried(local_ray, folder: Path, trained_model: Path,
+                                                              tmp_path: Path) -> None:
+    """A model actor killed mid-run, and a decode task whose process exits: the same outcomes, in order."""
+    import os
+    import signal
+
+    from triage.cam import CAM_LAYER
+    from triage.predictor import decode_image
+    from triage.ray_engine import ModelSpec, RaySettings, ray_predict
+
+    paths = sorted((folder / "loose").glob("scan*.png")) * 2
+    spec = ModelSpec(trained_model, "cpu", "fp32", CAM_LAYER, 32)
+    killed, exited = tmp_path / "killed", tmp_path / "exited"
+
+    def actor_processes() -> list[int]:  # defined here: Ray pickles it to the decode tasks by value
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                if cmdline.read_bytes().startswith(b"ray::MapWorker(MapBatches(Score))"):
+                    found.append(int(cmdline.parent.name))
+        return found
+
+    def dying_decode(path: Path):
+        if path.name == "scan2.png" and not killed.exists():
+            for _ in range(600):  # until the actor's process is there (it starts with the run)
+                pids = actor_processes()
+                if pids:
+                    break
+                time.sleep(0.1)
+            killed.write_text(" ".join(map(str, pids)))
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        if path.name == "scan6.png" and not exited.exists():
+            exited.write_text("")
+            os._exit(1)
+        return decode_image(path, 32)
+
+    def outcomes(decode) -> list[tuple[str, float]]:
+        return [(o.item.name, o.output[0]) for o in ray_predict(paths, decode, spec, batch_size=2,
+                                                                 settings=RaySettings(workers=1))]
+
+    clean = outcomes(lambda path: decode_image(path, 32))
+    assert outcomes(dying_decode) == clean and [name for name, _ in clean] == [p.name for p in paths]
+    assert killed.read_text() and exited.exists()  # the actor was killed, a decode process exited
+
+
+def test_the_records_say_what_the_actors_ran(local_ray, folder: Path, trained_model: Path,
+                                             tmp_path: Path) -> None:
+    """The driver loads its copy in fp32 on the CPU; the actors run bf16, and every record says bf16."""
+    import json
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    local = scan(folder, tmp_path / "local", trained_model, "--precision", "bf16")
+    remote = scan(folder, tmp_path / "ray", trained_model, "--engine", "ray", "--precision", "bf16")
+    assert local.exit_code == remote.exit_code == EXIT_SOME_FAILED, remote.output
+    assert (tmp_path / "ray" / "report.csv").read_text() == (tmp_path / "local" / "report.csv").read_text()
+    facts = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert (facts["device"], facts["precision"]) == ("cpu", "bf16")
+    state = json.loads((tmp_path / "ray" / ".report.state.json").read_text())
+    assert (state["settings"]["device"], state["settings"]["precision"]) == ("cpu", "bf16")
+    assert "mixed bfloat16" in (tmp_path / "ray" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--device", "gpu"), "GPUs per worker"),
+    (("--gpus-per-worker", "1"), "need 1 GPU(s), but the Ray cluster has 0 (--gpus-per-worker)"),
+    (("--workers", "5"), "need 5.5 CPUs, but the Ray cluster has 2 (--workers)"),
+])
+def test_a_request_the_cluster_cannot_meet_is_refused_before_scanning(
+        local_ray, folder: Path, trained_model: Path, tmp_path: Path, args: tuple[str, ...],
+        words: str) -> None:
+    result = scan(folder, tmp_path / "out", trained_model, "--engine", "ray", *args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "report.csv").exists()

@@ -241,8 +241,7 @@ def _slice_cost(job: Job) -> int:
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
-                progress: Callable[[int], None] | None, ray: RaySettings | None = None,
-                device: str = "auto", precision: str = "auto") -> None:
+                progress: Callable[[int], None] | None, ray: RaySettings | None = None) -> None:
     """Score the slices of ``plan.to_score`` in one stream of full batches; rows go into ``scorer.rows``.
 
     Locally through :func:`triage.predictor.predict`, or on Ray Data (``ray``) through
@@ -253,7 +252,7 @@ def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
         outcomes = predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
                            progress=progress)
     else:
-        outcomes = ray_predict(jobs, scorer.decode, model_spec(scorer.model, device, precision),
+        outcomes = ray_predict(jobs, scorer.decode, model_spec(scorer.model),
                                batch_size=batch_size, settings=ray, stop=stop, progress=progress)
     for outcome in outcomes:
         scorer.take(outcome)

@@ -20,7 +20,7 @@ import numpy as np
 from triage import __version__
 from triage.card import CARD_FILE, MODEL_FILE, ModelCard, models_root, read_card
 from triage.errors import ModelError, UsageError
-from triage.model import CAM_LAYER, gpu_available, load_classifier, sha256_file
+from triage.model import CAM_LAYER, gpu_available, load_classifier, sha256_file, use_device
 from triage.results import ModelSummary
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
     if device == "gpu" and not on_gpu:
         raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
     chosen = choose_precision(precision, on_gpu)
+    use_device(on_gpu)
     network = load_classifier(folder / MODEL_FILE)
     size = card.image_size
     if tuple(network.input.shape[1:]) != (size, size, 3):

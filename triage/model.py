@@ -10,6 +10,7 @@ of the saved model rather than copies of it. Only built-in Keras layers, so
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from triage.errors import CamLayerNotFound, ModelError, UsageError, WeightsUnava
 
 if TYPE_CHECKING:
     import keras
+
+log = logging.getLogger(__name__)
 
 CAM_LAYER = "block5_conv4"
 FEATURE_LAYER = "features"
@@ -240,10 +243,35 @@ def cam_layer(model: "keras.Model", name: str = CAM_LAYER) -> "keras.layers.Laye
 
 
 def gpu_available() -> bool:
-    """Whether TensorFlow sees a GPU."""
+    """Whether TensorFlow sees a GPU (one this process has not hidden, see :func:`use_device`)."""
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return bool(tf.config.get_visible_devices("GPU"))
+
+
+def use_device(on_gpu: bool) -> None:
+    """Set up TensorFlow's GPUs before a model is loaded.
+
+    A CPU run hides them: TensorFlow would otherwise place the forward pass on a
+    GPU anyway, and reserve its memory. A GPU run lets memory grow as needed, so
+    other processes (Ray actors, another run) can share the card. TensorFlow
+    accepts neither once it has started; a second model in one process keeps the
+    first one's setting, said in the log.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return
+    try:
+        if on_gpu:
+            for gpu in gpus:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        else:
+            tf.config.set_visible_devices([], "GPU")
+    except RuntimeError as error:
+        log.warning("TensorFlow has started already, so its GPU settings stay as they were (a CPU "
+                    "run may use the GPU): %s", error)
 
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:

@@ -66,10 +66,11 @@ class ModelSpec:
     image_size: int
 
 
-def model_spec(model: Any, device: str, precision: str) -> ModelSpec:
-    """What the actors load: the driver's model folder and CAM layer, with the device and precision
-    asked for (``auto`` resolves on each actor's own machine: a GPU worker under a CPU driver)."""
-    return ModelSpec(model.folder, device, precision, model.gradcam.layer_name, model.image_size)
+def model_spec(model: Any) -> ModelSpec:
+    """What the actors load: the driver's model folder and CAM layer, on the device and at the
+    precision its summary records (see :meth:`RaySession.resolve`)."""
+    return ModelSpec(model.folder, model.summary.device, model.summary.precision, model.gradcam.layer_name,
+                     model.image_size)
 
 
 def require_ray() -> Any:
@@ -108,8 +109,7 @@ class _Score:
     """A model actor: loads the model once; per batch, probabilities and Grad-CAM maps."""
 
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
-        _grow_gpu_memory()
-        from triage.inference import load_for_inference
+        from triage.inference import load_for_inference  # GPU memory grows, see triage.model.use_device
 
         self.model = load_for_inference(spec.folder, spec.device, spec.cam_layer, spec.precision)
         self.batch_size = batch_size
@@ -121,14 +121,6 @@ class _Score:
         activations, probabilities = self.model.predict(inputs)
         maps = self.model.gradcam.heatmaps(activations)[:n]  # a map that is not finite comes back NaN
         return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities[:n], "cam": maps}
-
-
-def _grow_gpu_memory() -> None:
-    """Let several actors share a GPU: TensorFlow takes memory as it needs it, not all at start."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
 
 
 class RaySession:
@@ -157,6 +149,39 @@ class RaySession:
     def __exit__(self, *exc: object) -> None:
         if self.started:
             require_ray().shutdown()
+
+    def resolve(self, device: str, precision: str) -> tuple[str, str]:
+        """The device and precision the actors will run: decided here, before the scan, because the
+        run's records (``run.json``, the report, the incremental state) depend on them.
+
+        The actors run on GPUs exactly when they reserve some (``--gpus-per-worker``);
+        ``auto`` precision is then fp16, else fp32. Each actor checks on its own
+        machine that it can (a GPU it sees, bf16 a CPU does natively).
+
+        Raises:
+            UsageError: the request contradicts the reservation, or the cluster lacks
+                the CPUs or GPUs the workers reserve (the run would wait forever).
+        """
+        from triage.model import choose_precision
+
+        gpus, workers = self.settings.gpus_per_worker, self.settings.workers
+        if device == "gpu" and not gpus:
+            raise UsageError("The Ray engine runs on GPUs only when the workers reserve them: "
+                             "give GPUs per worker.", option="gpus_per_worker")
+        if device == "cpu" and gpus:
+            raise UsageError("The workers would reserve GPUs and run on their CPUs: "
+                             "give no GPUs per worker, or choose the GPU device.", option="device")
+        have = require_ray().cluster_resources()
+        if gpus * workers > have.get("GPU", 0):
+            raise UsageError(f"{workers} worker(s) at {gpus:g} GPU each need {gpus * workers:g} GPU(s), but "
+                             f"the Ray cluster has {have.get('GPU', 0):g}.", option="gpus_per_worker")
+        if workers + DECODE_CPUS > have.get("CPU", 0):
+            raise UsageError(f"{workers} worker(s) and the decoding need {workers + DECODE_CPUS:g} CPUs, but "
+                             f"the Ray cluster has {have.get('CPU', 0):g}.", option="workers")
+        on_gpu = gpus > 0
+        # bf16 on CPU workers: each actor checks its own CPU, not the driver's.
+        return ("gpu" if on_gpu else "cpu",
+                precision if precision == "bf16" else choose_precision(precision, on_gpu))
 
 
 def _route_ray_logs() -> None:

@@ -14,6 +14,7 @@ after the current batch and writes everything, the rest ``not_scanned``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 from triage.atomic import atomic_write_text
 from triage.errors import OutputError, Stopped, UsageError
-from triage.inference import find_model, load_for_inference
+from triage.inference import InferenceModel, find_model, load_for_inference
 from triage.lock import OutputLock
 from triage.results import ScanResult, write_cases_csv, write_csv
 from triage.scoring import ScanOptions, scan_folder
@@ -187,14 +188,14 @@ def _locked_run(input_dir: Path, paths: OutputPaths, folder: Path, options: Scan
                 on_phase: Callable[[str], None], on_found: Callable[[int], None] | None,
                 progress: Callable[[int], None] | None) -> ScanResult:
     _remove_stray_temporaries(paths)
-    loaded = load_for_inference(folder, options.device, options.cam_layer, options.precision)
-    threshold = loaded.summary.threshold if options.threshold is None else options.threshold
-    settings = scan_settings(loaded, options, input_dir, threshold)
-    reuse = _previous_rows(paths, settings, full)
-    if should_stop():
-        raise Stopped("the scan had not begun; no output was changed")
-    on_phase("scanning")
-    with _engine(options):
+    with _engine(options) as ray:
+        loaded = _load(folder, options, ray)
+        threshold = loaded.summary.threshold if options.threshold is None else options.threshold
+        settings = scan_settings(loaded, options, input_dir, threshold)
+        reuse = _previous_rows(paths, settings, full)
+        if should_stop():
+            raise Stopped("the scan had not begun; no output was changed")
+        on_phase("scanning")
         result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
                              report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
                              on_found=on_found, progress=progress)
@@ -204,13 +205,27 @@ def _locked_run(input_dir: Path, paths: OutputPaths, folder: Path, options: Scan
     return result
 
 
-def _engine(options: ScanOptions) -> contextlib.AbstractContextManager[object]:
+def _engine(options: ScanOptions) -> contextlib.AbstractContextManager[Any]:
     """Ray for the ray engine (joined, or started and stopped for this run); nothing locally."""
     if options.engine != "ray":
         return contextlib.nullcontext()
     from triage.ray_engine import RaySession
 
     return RaySession(options.ray)
+
+
+def _load(folder: Path, options: ScanOptions, ray: Any) -> InferenceModel:
+    """The model, with the device and precision of the run's forward pass in its summary.
+
+    On Ray the actors run the forward pass: the driver loads its copy on the CPU
+    (leaving the GPUs to the actors) and records what the actors run.
+    """
+    if ray is None:
+        return load_for_inference(folder, options.device, options.cam_layer, options.precision)
+    device, precision = ray.resolve(options.device, options.precision)
+    loaded = load_for_inference(folder, "cpu", options.cam_layer, "fp32")
+    return dataclasses.replace(loaded, summary=dataclasses.replace(loaded.summary, device=device,
+                                                                   precision=precision))
 
 
 def _output_failure(error: OSError) -> str:

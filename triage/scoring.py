@@ -114,8 +114,7 @@ def scan_folder(
                         rows=plan.rows, batch_size=options.batch_size)
     try:
         score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=progress,
-                    ray=options.ray if options.engine == "ray" else None, device=options.device,
-                    precision=options.precision)
+                    ray=options.ray if options.engine == "ray" else None)
     finally:
         if writer:
             writer.close()

@@ -39,7 +39,8 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
     versions = library_versions()
     return {"model_sha256": model.summary.sha256, "threshold": threshold, "explain": options.explain,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
-            "batch_size": options.batch_size, "device": model.device, "precision": model.precision,
+            "batch_size": options.batch_size, "device": model.summary.device,
+            "precision": model.summary.precision,
             "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
 
