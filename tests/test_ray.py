@@ -189,3 +189,18 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_scanning(
     assert result.exit_code == EXIT_USAGE, result.output
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out" / "report.csv").exists()
+
+
+def test_an_actor_that_cannot_load_the_model_is_one_typed_sentence(local_ray, folder: Path,
+                                                                   trained_model: Path) -> None:
+    from triage.cam import CAM_LAYER
+    from triage.errors import UsageError
+    from triage.predictor import decode_image
+    from triage.ray_engine import ModelSpec, RaySettings, ray_predict
+
+    spec = ModelSpec(trained_model, "gpu", "fp32", CAM_LAYER, 32)  # this machine has no GPU
+    paths = sorted((folder / "loose").glob("scan*.png"))
+    said = r"^On a Ray worker: A GPU was asked for, but TensorFlow sees none\.$"
+    with pytest.raises(UsageError, match=said):
+        list(ray_predict(paths, lambda path: decode_image(path, 32), spec, batch_size=2,
+                         settings=RaySettings()))

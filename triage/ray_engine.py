@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from triage.errors import UsageError
+from triage.errors import ModelError, UsageError
 from triage.predictor import Decoded, Outcome, Stop, classify_failure
 from triage.quiet import native_lines_to_log
 
@@ -111,10 +111,18 @@ class _Score:
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
         from triage.inference import load_for_inference  # GPU memory grows, see triage.model.use_device
 
-        self.model = load_for_inference(spec.folder, spec.device, spec.cam_layer, spec.precision)
         self.batch_size = batch_size
+        try:
+            self.model, self.failure = load_for_inference(spec.folder, spec.device, spec.cam_layer,
+                                                          spec.precision), None
+        except (UsageError, ModelError) as error:
+            # Raised with the first batch, so the driver gets it typed (see _worker_failure),
+            # not as the traceback of an actor that died starting.
+            self.model, self.failure = None, error
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
         inputs, n = batch["pixels"], len(batch["pixels"])
         if n < self.batch_size:
             inputs = np.concatenate([inputs, np.zeros((self.batch_size - n, *inputs.shape[1:]), np.float32)])
@@ -216,7 +224,9 @@ def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: Model
     if not items:
         return
     ray = require_ray()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.raise_original_map_exception = True  # an actor's refusal arrives typed, see _worker_failure
     rows = [{"index": i, "item": pickle.dumps(item)} for i, item in enumerate(items)]
     data = ray.data.from_items(rows)
     # Its own CPU request keeps decoding in tasks of its own (Ray fuses a task into the next
@@ -228,15 +238,28 @@ def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: Model
                                  batch_format="numpy", num_cpus=1,
                                  num_gpus=settings.gpus_per_worker or None,
                                  compute=ray.data.ActorPoolStrategy(size=settings.workers))
-    batches = iter(scored.iter_batches(batch_size=batch_size, batch_format="numpy"))
-    with native_lines_to_log("ray"):  # the actors start with the first batch
-        first = next(batches, None)
-    for batch in itertools.chain([first] if first is not None else [], batches):
-        if stop.should_stop():
-            stop.asked = True
-            return
-        yield from _outcomes(items, batch)
-        report(len(batch["index"]))
+    try:
+        with native_lines_to_log("ray"):  # the actors start with the first batch
+            batches = iter(scored.iter_batches(batch_size=batch_size, batch_format="numpy"))
+            first = next(batches, None)
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            if stop.should_stop():
+                stop.asked = True
+                return
+            yield from _outcomes(items, batch)
+            report(len(batch["index"]))
+    except ray.exceptions.RayTaskError as error:
+        raise _worker_failure(error) from error
+
+
+def _worker_failure(error: Any) -> BaseException:
+    """An actor's refusal (no GPU there, a precision its CPU can't run) as the same typed error
+    with the same one sentence the local engine gives; anything else as Ray raised it."""
+    cause = error.cause
+    if not isinstance(cause, (UsageError, ModelError)):
+        return error
+    said = str(cause).splitlines()[0]  # Ray Data appends lines on retries to the message
+    return type(cause)(f"On a Ray worker: {said}", option=cause.option)
 
 
 def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outcome[T]]:
