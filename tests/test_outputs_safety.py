@@ -231,3 +231,28 @@ def test_a_failed_heat_map_write_is_raised_and_leaves_no_temporary_file(
         finally:
             writer.close()
     assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.png"))
+
+
+def test_the_heat_map_writer_threads_write_every_image_and_copies_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from triage.heatmaps import HeatmapWriter
+
+    writes, write = [], HeatmapWriter._write
+
+    def counted(*args: object) -> None:
+        writes.append(args[2])
+        write(*args)
+
+    monkeypatch.setattr(HeatmapWriter, "_write", staticmethod(counted))
+    writer = HeatmapWriter(tmp_path, tmp_path, "tag", threads=4)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8) for i in range(12)]
+    names = [writer.submit(f"{i:02d}" * 32, image, rng.random((4, 4))) for i, image in enumerate(images)]
+    assert writer.submit("00" * 32, images[0], rng.random((4, 4))) == names[0]  # a copy of the first image
+    writer.close()
+    assert len(writes) == 12
+    for (overlay, original), image in zip(names, images):
+        assert cv2.imread(str(tmp_path / overlay)).shape == image.shape
+        assert cv2.imread(str(tmp_path / original)).shape == image.shape
