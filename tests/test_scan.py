@@ -219,3 +219,25 @@ def test_broken_model_folder_is_a_model_error(tmp_path: Path, trained_model: Pat
                                        "--model", str(tmp_path / "model")])
     assert result.exit_code == EXIT_MODEL, result.output
     assert "Cannot load model" in result.output and "Traceback" not in result.output
+
+
+def test_a_scan_without_heat_maps_makes_no_display_copies(tmp_path: Path, trained_model: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.fromarray(blob_image(rng, tumour=i == 0)).save(tmp_path / "in" / f"scan{i}.png")
+    out = tmp_path / "out" / "report.html"
+    args = ["scan", str(tmp_path / "in"), "--out", str(out), "--model", str(trained_model), "--quiet"]
+    assert CliRunner().invoke(main, [*args, "--explain", "all"]).exit_code == EXIT_OK
+    with_maps = read_csv(out.with_suffix(".csv"))
+
+    def no_copy(*args: object) -> None:
+        raise AssertionError("a display copy was made")
+
+    monkeypatch.setattr("triage.predictor.display_copy", no_copy)
+    result = CliRunner().invoke(main, [*args, "--explain", "none", "--full"])
+    assert result.exit_code == EXIT_OK, result.output
+    rows = read_csv(out.with_suffix(".csv"))
+    assert [(r["path"], r["status"], r["probability"]) for r in rows] == \
+        [(r["path"], r["status"], r["probability"]) for r in with_maps]

@@ -141,16 +141,17 @@ class SliceDecoder:
     """Decodes a job for the model: a loose image as ever (file hash, display copy), a slice with
     its case's window. Picklable, so the Ray engine's decode tasks run the very same code."""
 
-    def __init__(self, image_size: int) -> None:
+    def __init__(self, image_size: int, display: bool = True) -> None:
         self.image_size = image_size
+        self.display = display  # keep display copies (for heat maps)
         self.digests = FileDigests()
 
     def __call__(self, job: Job) -> Decoded:
         if job.case.kind == "image":
-            return decode_image(job.slice.path, self.image_size)
+            return decode_image(job.slice.path, self.image_size, self.display)
         digest = self.digests.get(job.slice.path)
         return decode_pixels(lambda: decode_slice(job.slice, job.case), _slice_cost(job), digest,
-                             FORMATS[job.case.kind], self.image_size)
+                             FORMATS[job.case.kind], self.image_size, self.display)
 
 
 class CaseScorer:
@@ -175,7 +176,7 @@ class CaseScorer:
         self.aggregate, self.top_k = aggregate, top_k
         self.files, self.rows = files, rows
         self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
-        self.decode = SliceDecoder(model.image_size)
+        self.decode = SliceDecoder(model.image_size, display=writer is not None)
         self.in_flight: dict[str, InFlight] = {}
 
     def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None]]:

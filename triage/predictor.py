@@ -83,7 +83,7 @@ class ScanImage:
     """What scoring keeps of a decoded file: a display copy, never the full-resolution pixels."""
 
     sha256: str
-    display: np.ndarray  # (h, w, 3) uint8 RGB, longest side <= DISPLAY_MAX_SIDE
+    display: np.ndarray | None  # (h, w, 3) uint8 RGB, longest side <= DISPLAY_MAX_SIDE; None: not kept
     width: int  # of the decoded image, after EXIF rotation
     height: int
     format: str
@@ -154,30 +154,35 @@ def _decoding_cost(data: bytes) -> int:
         return 4 * len(data)
 
 
-def decode_image(path: Path, image_size: int) -> Decoded:
+def decode_image(path: Path, image_size: int, display: bool = True) -> Decoded:
     """Read, hash and decode an image for the model; ``extra`` is its :class:`ScanImage`."""
     digest, data = read_file(path)
-    return decode_for_model(path, digest, data, image_size)
+    return decode_for_model(path, digest, data, image_size, display)
 
 
-def decode_for_model(path: Path, digest: str, data: bytes, image_size: int) -> Decoded:
+def decode_for_model(path: Path, digest: str, data: bytes, image_size: int, display: bool = True) -> Decoded:
     """Decode bytes within :data:`DECODE_BUDGET`; keep the model input and a display copy only."""
     with DECODE_BUDGET.reserve(_decoding_cost(data)):
         image = decode_file(path, digest, data)
-        return for_model(image.pixels, digest, image.format, image_size)
+        return for_model(image.pixels, digest, image.format, image_size, display)
 
 
 def decode_pixels(decode: Callable[[], np.ndarray], cost: int, digest: str, format: str,
-                  image_size: int) -> Decoded:
+                  image_size: int, display: bool = True) -> Decoded:
     """Run ``decode`` (-> RGB uint8) within :data:`DECODE_BUDGET`, holding ``cost`` bytes of it."""
     with DECODE_BUDGET.reserve(cost):
-        return for_model(decode(), digest, format, image_size)
+        return for_model(decode(), digest, format, image_size, display)
 
 
-def for_model(pixels: np.ndarray, digest: str, format: str, image_size: int) -> Decoded:
-    """Decoded RGB pixels as the model input and a :class:`ScanImage`; the full-size pixels are not kept."""
+def for_model(pixels: np.ndarray, digest: str, format: str, image_size: int, display: bool = True) -> Decoded:
+    """Decoded RGB pixels as the model input and a :class:`ScanImage`; the full-size pixels are not kept.
+
+    ``display=False`` keeps no display copy: a scan that makes no heat maps needs none,
+    and on Ray it would travel to the driver for nothing.
+    """
     model_input = resize_for_model(pixels, image_size)
-    kept = ScanImage(digest, display_copy(pixels), int(pixels.shape[1]), int(pixels.shape[0]), format)
+    kept = ScanImage(digest, display_copy(pixels) if display else None, int(pixels.shape[1]),
+                     int(pixels.shape[0]), format)
     return Decoded(model_input, kept)
 
 
