@@ -347,6 +347,25 @@ def decode_for_model(paths: Sequence[Path], image_size: int) -> Any:
     return np.stack([resize_for_model(read_image(p).pixels, image_size) for p in paths])
 
 
+def bare_forward_pass(model: Any, batches: Sequence[Any]) -> Callable[[], float]:
+    """The baseline of the scan benches: ``model.predict_on_batch`` over pre-decoded ``batches``.
+
+    Every batch shape is traced once here; the returned function times one pass in seconds.
+    """
+    import numpy as np
+
+    for shape in {b.shape for b in batches}:
+        model.predict_on_batch(np.zeros(shape, np.float32))
+
+    def bare() -> float:
+        start = now()
+        for batch in batches:
+            model.predict_on_batch(batch)
+        return now() - start
+
+    return bare
+
+
 # ----------------------------------------------------------------------------- models
 
 

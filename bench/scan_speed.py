@@ -28,7 +28,6 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (both)")
     p.add_argument("--pdf", action="store_true", help="also render the PDF inside the timed scan")
     args, data = C.parse_model_bench(p, repeats=3)
-    import numpy as np
 
     from triage.card import MODEL_FILE
     from triage.model import load_classifier
@@ -49,14 +48,7 @@ def main() -> int:
     model = load_classifier(model_dir / MODEL_FILE)
     decoded = C.decode_for_model(paths, args.image_size)
     batches = [decoded[i:i + args.batch_size] for i in range(0, n, args.batch_size)]
-    for shape in {b.shape for b in batches}:  # trace every batch shape before timing
-        model.predict_on_batch(np.zeros(shape, np.float32))
-
-    def bare() -> float:
-        start = C.now()
-        for batch in batches:
-            model.predict_on_batch(batch)
-        return C.now() - start
+    bare = C.bare_forward_pass(model, batches)
 
     options = ScanOptions(explain="all", batch_size=args.batch_size)
     suffix = "pdf" if args.pdf else "html"

@@ -101,14 +101,7 @@ def main() -> int:
     model = load_classifier(model_dir / MODEL_FILE)
     slices = decoded_slices(inputs, args.image_size)
     batches = np.array_split(slices, range(args.batch_size, n, args.batch_size))
-    for shape in {b.shape for b in batches}:  # trace every batch shape before timing
-        model.predict_on_batch(np.zeros(shape, np.float32))
-
-    def bare() -> float:
-        start = C.now()
-        for batch in batches:
-            model.predict_on_batch(batch)
-        return C.now() - start
+    bare = C.bare_forward_pass(model, batches)
 
     loaded = load_for_inference(model_dir, "cpu")
     explained = ScanOptions(threshold=0.0, explain="flagged", batch_size=args.batch_size, top_k=args.top_k)
