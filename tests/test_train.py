@@ -126,10 +126,10 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
         with monkeypatch.context() as patch:
             patch.setattr(features, value, getattr(features, value) + 1)
             variants[name] = features.cache_key(weights, IMAGE_SIZE)
-    real = features._version
+    real = features.library_versions
     for library in ("tensorflow", "keras", "pillow", "pydicom", "opencv-python-headless"):
         with monkeypatch.context() as patch:
-            patch.setattr(features, "_version", lambda n, lib=library: "0.0-other" if n == lib else real(n))
+            patch.setattr(features, "library_versions", lambda lib=library: {**real(), lib: "0.0-other"})
             variants[library] = features.cache_key(weights, IMAGE_SIZE)
     assert len(variants) == 11
     for name, key in variants.items():

@@ -169,10 +169,6 @@ class ModelCard:
     warning: str | None = None
     schema_version: int = CARD_SCHEMA_VERSION
 
-    @property
-    def random_backbone(self) -> bool:
-        return self.backbone.weights == "random"
-
     def metric(self, name: str) -> tuple[float, float, float, int] | None:
         """A validation metric as (value, CI low, CI high, n), or None when it was not defined."""
         found = self.validation_metrics.get(name) or {}

@@ -19,7 +19,6 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -29,6 +28,7 @@ from triage.atomic import atomic_write
 from triage.copies import image_fingerprint
 from triage.errors import Stopped
 from triage.images import DECODER_VERSION, read_file
+from triage.inference import library_versions
 from triage.model import BackboneWeights
 from triage.predictor import Decoded, Stop, decode_for_model, predict
 from triage.preprocess import PREPROCESS_VERSION
@@ -54,20 +54,10 @@ def default_cache_dir() -> Path:
 def cache_key(weights: BackboneWeights, image_size: int, precision: str = "fp32",
               device: str = "cpu") -> dict[str, Any]:
     """Everything a cached feature depends on."""
+    versions = library_versions()
     return {"weights_sha256": weights.sha256, "image_size": image_size,
             "preprocess": PREPROCESS_VERSION, "decoder": DECODER_VERSION, "precision": precision,
-            "device": device, "versions": {name: _version(name) for name in _FEATURE_LIBRARIES}}
-
-
-def _version(name: str) -> str | None:
-    if name == "tensorflow":  # ships as several distributions: ask the module
-        import tensorflow as tf
-
-        return str(tf.__version__)
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
+            "device": device, "versions": {name: versions.get(name) for name in _FEATURE_LIBRARIES}}
 
 
 class FeatureCache:

@@ -149,7 +149,8 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         Stopped: a stop was asked for; no model folder was written.
     """
     config.validate()
-    config = replace(config, precision=choose_precision(config.precision, gpu_available()))
+    on_gpu = gpu_available()
+    config = replace(config, precision=choose_precision(config.precision, on_gpu))
     started = dt.datetime.now(dt.timezone.utc)
     out_dir = Path(out_dir) if out_dir else new_model_dir(models_root())
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -161,7 +162,7 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     from triage.model import assemble, build_backbone, feature_extractor, with_precision
 
     extractor = feature_extractor(build_backbone(config.image_size, weights))
-    key = cache_key(weights, config.image_size, config.precision, "gpu" if gpu_available() else "cpu")
+    key = cache_key(weights, config.image_size, config.precision, "gpu" if on_gpu else "cpu")
     cache = FeatureCache(config.cache_dir or default_cache_dir(), key) if config.cache else None
     if on_start:
         on_start(len(labelled.files))
@@ -198,11 +199,11 @@ def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
     head, history = fit_head(x[rows.train], y[rows.train], config, (x[rows.val], y[rows.val]), on_epoch,
                              should_stop)
     threshold = choose_threshold(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
-    probability = dict(zip(rows.val.tolist(), predict_head(head, x[rows.val])))
+    probability = np.zeros(len(y))
+    probability[rows.val] = predict_head(head, x[rows.val])
 
     def measure(subset_rows: np.ndarray) -> dict[str, Any]:
-        return binary_metrics(y[subset_rows], np.array([probability[r] for r in subset_rows.tolist()]),
-                              threshold.value, seed=config.seed)
+        return binary_metrics(y[subset_rows], probability[subset_rows], threshold.value, seed=config.seed)
 
     clean = measure(rows.val_without_copy) if config.split == "keras" else None
     folds = cross_validate(x, y, rows.copies, config) if config.folds else None

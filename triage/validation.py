@@ -60,27 +60,23 @@ def choose_threshold(features: np.ndarray, labels: np.ndarray, groups: CopyGroup
     if config.target_sensitivity is None:
         source = "default" if config.threshold == 0.5 else "fixed"
         return Threshold(config.threshold, source, f"{source} {config.threshold:g}")
-    folds = min(INNER_FOLDS, int(np.bincount(labels, minlength=2).min()))
-    predictions = out_of_fold(features, labels, groups, config, max(folds, 2))
+    folds = max(2, min(INNER_FOLDS, int(np.bincount(labels, minlength=2).min())))
+    predictions = out_of_fold(features, labels, groups, config, folds)
     value = threshold_for_sensitivity(labels, predictions, config.target_sensitivity)
     return Threshold(value, "out-of-fold",
                      f"halfway below the score that gives sensitivity >= {config.target_sensitivity:g} "
-                     f"on {max(folds, 2)}-fold out-of-fold predictions of the training part")
+                     f"on {folds}-fold out-of-fold predictions of the training part")
 
 
 def cross_validate(features: np.ndarray, labels: np.ndarray, groups: CopyGroups,
                    config: "TrainConfig") -> CrossValidation:
     """K outer folds over all images (copy groups kept whole), the threshold rule nested in each."""
     k = int(config.folds or 0)
-    if np.bincount(labels, minlength=2).min() < k:
-        raise DataError(f"{k} folds need at least {k} images of each class.", option="folds")
-    predictions, thresholds = np.zeros(len(labels)), np.zeros(len(labels))
-    per_fold = []
+    predictions = out_of_fold(features, labels, groups, config, k)  # the same folds, in order
+    thresholds, per_fold = np.zeros(len(labels)), []
     for train_idx, test_idx in grouped_folds(labels, groups, k, config.seed):
         threshold = choose_threshold(features[train_idx], labels[train_idx], subset(groups, train_idx),
                                      config)
-        head, _ = fit_head(features[train_idx], labels[train_idx], config)
-        predictions[test_idx] = predict_head(head, features[test_idx])
         thresholds[test_idx] = threshold.value
         per_fold.append(threshold.value)
     return CrossValidation(
