@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from triage.errors import CamLayerNotFound
-from triage.model import CAM_LAYER, LOGIT_LAYER, cam_layer
+from triage.model import CAM_LAYER, LOGIT_LAYER, cam_layer, with_dtype_policy
 
 if TYPE_CHECKING:
     import keras
@@ -91,16 +91,12 @@ class GradCam:
         activations = keras.Input(tuple(conv.output.shape[1:]), name="cam_activations")
         x = activations
         for layer in model.layers[start:names.index(LOGIT_LAYER) + 1]:
-            # A float32 copy with the same weights: under a mixed policy the model's own
-            # layer would compute the gradients in bfloat16 or float16.
-            config = layer.get_config()
-            config["dtype"] = "float32"
-            copy = layer.__class__.from_config(config)
-            x = copy(x)
-            copy.set_weights(layer.get_weights())
+            x = layer(x)
         if tuple(x.shape[1:]) != (1,):
             raise CamLayerNotFound(f"The tail after {conv.name!r} outputs {x.shape}, expected (N, 1).")
-        return keras.Model(activations, x, name="cam_tail")
+        # A float32 copy with the same weights: under a mixed policy the model's own
+        # layers would compute the gradients in bfloat16 or float16.
+        return with_dtype_policy(keras.Model(activations, x, name="cam_tail"), "float32")
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One forward pass: (activations at the CAM layer, probabilities (N,))."""

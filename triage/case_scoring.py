@@ -31,6 +31,7 @@ from triage.ray_engine import RaySettings, model_spec, ray_predict
 from triage.results import CaseResult
 from triage.scan_plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.series import Case, Slice, case_score, decode_slice
+from triage.verdicts import slice_rank
 
 FORMATS = {"series": "DICOM", "volume": "NIfTI"}
 
@@ -124,17 +125,11 @@ class InFlight:
 
     def offer(self, row: CaseResult, image: ScanImage, activation: np.ndarray) -> None:
         """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
-        rank = _rank(row)
-        if len(self.top) == self.top_k and rank >= _rank(self.top[-1].row):
+        if len(self.top) == self.top_k and slice_rank(row) >= slice_rank(self.top[-1].row):
             return
         self.top.append(Kept(row, image, np.array(activation)))
-        self.top.sort(key=lambda kept: _rank(kept.row))
+        self.top.sort(key=lambda kept: slice_rank(kept.row))
         del self.top[self.top_k:]
-
-
-def _rank(row: CaseResult) -> tuple[float, int]:
-    """Highest probability first, then the lower slice index."""
-    return -(row.probability or 0.0), row.slice_index or 0
 
 
 class SliceDecoder:

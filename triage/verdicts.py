@@ -26,11 +26,19 @@ def mark_copies(rows: Sequence[CaseResult]) -> list[CaseResult]:
             for row in rows]
 
 
+def slice_rank(row: CaseResult) -> tuple[float, int]:
+    """The order of a case's slices: highest probability first, then the lower slice index.
+
+    It decides which slices a case's card shows and which get heat maps, so both use it.
+    """
+    return -(row.probability or 0.0), row.slice_index or 0
+
+
 def summarise(case: Case, rows: Sequence[CaseResult], threshold: float, aggregate: str,
               top_k: int) -> CaseSummary:
     """A case's verdict from its rows; its ``top`` rows are its ``top_k`` highest, highest first."""
     scored = sorted((row for row in rows if row.ok and row.probability is not None),
-                    key=lambda row: (-(row.probability or 0.0), row.slice_index or 0))
+                    key=slice_rank)
     score = case_score([row.probability or 0.0 for row in scored], aggregate, top_k) if scored else None
     top = scored[0] if scored else None
     return CaseSummary(
