@@ -73,22 +73,31 @@ def silence_libraries(verbose: bool, log_file: Path | None = None) -> None:
         _import_tensorflow_quietly()
 
 
-def _import_tensorflow_quietly() -> None:
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """File descriptor 2 (native code's stderr too) into a list of lines, filled on exit."""
+    lines: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401  (imports TensorFlow)
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
+            yield lines
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            captured.seek(0)
+            lines.extend(captured.read().decode(errors="replace").splitlines(keepends=True))
+
+
+def _import_tensorflow_quietly() -> None:
+    try:
+        with _stderr_captured() as lines:
+            import keras  # noqa: F401  (imports TensorFlow)
+    except BaseException:
+        sys.stderr.write("".join(lines))  # a failed import shows what TensorFlow said
+        raise
 
 
 @contextlib.contextmanager
@@ -99,20 +108,13 @@ def native_lines_to_log(name: str) -> Iterator[None]:
     if _verbose[0]:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
+    try:
+        with _stderr_captured() as lines:
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines():
-                if line.strip():
-                    logging.getLogger(name).info("%s", line.strip())
+    finally:
+        for line in lines:
+            if line.strip():
+                logging.getLogger(name).info("%s", line.strip())
 
 
 def metric_summary(metrics: Mapping[str, Any],
