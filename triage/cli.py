@@ -65,8 +65,7 @@ def error_message(error: TriageError) -> str:
     return f"{text.rstrip('.')} ({flag})."
 
 
-def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool = False,
-                   input_dir: Path | None = None) -> None:
+def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, input_dir: Path) -> None:
     """Console and log-file handlers; a log file inside ``input_dir`` is refused before it is opened."""
     from triage.quiet import silence_libraries
 
@@ -77,11 +76,10 @@ def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool = False,
     console.setLevel(logging.ERROR if quiet else logging.WARNING)
     console.setFormatter(logging.Formatter("triage: %(message)s"))
     log.addHandler(console)
-    if log_file and input_dir is not None:
+    if log_file:
         from triage.run import check_writes
 
         check_writes([("the log file", "log_file", log_file)], input_dir, None)
-    if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

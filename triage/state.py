@@ -51,6 +51,7 @@ _ROW_TYPES: dict[str, type] = {
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
     "copy_of": str, "heatmap_note": str,
 }
+_ROW_NAMES = frozenset(f.name for f in dataclasses.fields(CaseResult))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
 _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note"})
@@ -58,8 +59,7 @@ _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", 
 
 def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
     """One state row as a :class:`CaseResult`; ``ValueError`` when it is not one this tool wrote."""
-    names = {f.name for f in dataclasses.fields(CaseResult)}
-    if not isinstance(row, dict) or not names - _ROW_OPTIONAL <= set(row) <= names:
+    if not isinstance(row, dict) or not _ROW_NAMES - _ROW_OPTIONAL <= set(row) <= _ROW_NAMES:
         raise ValueError(f"a row is not a case: {str(row)[:80]}")
     for name, kind in _ROW_TYPES.items():
         value = row.get(name)
