@@ -23,13 +23,9 @@ import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
 from triage.errors import ImageLoadError
-from triage.images import MAX_PIXELS, FoundFile, _short
+from triage.images import _DICOM_DEFER_BYTES, _DICOM_FIRST_GROUPS, MAX_PIXELS, FoundFile, _short
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-# The first tag group of a data set without the 128-byte preamble: file meta
-# information (0002) or identification (0008), little- or big-endian.
-_NO_PREAMBLE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
-_DEFER_BYTES = 64 << 10  # longer values (the pixel data) are read only when used
 # Functional groups of an enhanced multi-frame file that describe one frame.
 _FRAME_GROUPS = (
     "PlanePositionSequence", "PlaneOrientationSequence", "PixelValueTransformationSequence",
@@ -77,9 +73,9 @@ def read_header(path: Path) -> pydicom.Dataset | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
-        if head[128:132] != b"DICM" and head[:2] not in _NO_PREAMBLE_STARTS:
+        if head[128:132] != b"DICM" and head[:2] not in _DICOM_FIRST_GROUPS:
             return None
-        return pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=_DEFER_BYTES)
+        return pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=_DICOM_DEFER_BYTES)
     except Exception:  # unreadable or not DICOM: the single-image path reports it
         return None
 
@@ -287,7 +283,7 @@ def _display_values(pixels: np.ndarray, ds: pydicom.Dataset, frame: int | None,
 def _dataset(path: Path) -> pydicom.Dataset:
     """The whole data set, its pixel data read only when decoded (after the size check)."""
     try:
-        return pydicom.dcmread(path, force=True, defer_size=_DEFER_BYTES)
+        return pydicom.dcmread(path, force=True, defer_size=_DICOM_DEFER_BYTES)
     except Exception as err:
         raise ImageLoadError("unreadable", f"corrupt DICOM file ({_short(err)})") from err
 
