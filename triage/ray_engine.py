@@ -105,7 +105,7 @@ def _decode_batch(batch: dict[str, np.ndarray], decode: Callable[[Any], Decoded]
     return {"index": batch["index"], "pixels": pixels, "ok": ok, "result": np.array(results, dtype=object)}
 
 
-class _Score:
+class Score:
     """A model actor: loads the model once; per batch, probabilities and Grad-CAM maps."""
 
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
@@ -202,16 +202,6 @@ def _route_ray_logs() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def _scorer(spec: ModelSpec, batch_size: int) -> type:
-    """The actor class with the model spec bound (small arguments travel with the class)."""
-
-    class Score(_Score):
-        def __init__(self) -> None:
-            super().__init__(spec, batch_size)
-
-    return Score
-
-
 def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: ModelSpec, *,
                 batch_size: int, settings: RaySettings, stop: Stop | None = None,
                 progress: Callable[[int], None] | None = None) -> Iterator[Outcome[T]]:
@@ -234,7 +224,7 @@ def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: Model
     decoded = data.map_batches(_decode_batch, fn_args=(decode, model.image_size), batch_size=batch_size,
                                batch_format="numpy", num_cpus=DECODE_CPUS)
     # Ray Data restarts an actor that dies and retries its batch (its defaults for actors).
-    scored = decoded.map_batches(_scorer(model, batch_size), batch_size=batch_size,
+    scored = decoded.map_batches(Score, fn_constructor_args=(model, batch_size), batch_size=batch_size,
                                  batch_format="numpy", num_cpus=1,
                                  num_gpus=settings.gpus_per_worker or None,
                                  compute=ray.data.ActorPoolStrategy(size=settings.workers))
