@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,6 @@ class InferenceModel:
     card: ModelCard
     summary: ModelSummary
     gradcam: Any
-    on_gpu: bool
-    precision: str = "fp32"  # fp32, bf16 or fp16: what the forward pass runs in
 
     @property
     def image_size(self) -> int:
@@ -80,7 +78,13 @@ class InferenceModel:
 
     @property
     def device(self) -> str:
-        return "gpu" if self.on_gpu else "cpu"
+        """Where the run's forward pass runs: ``cpu`` or ``gpu`` (on Ray, the actors')."""
+        return self.summary.device
+
+    @property
+    def precision(self) -> str:
+        """What the run's forward pass runs in: fp32, bf16 or fp16 (on Ray, the actors')."""
+        return self.summary.precision
 
     def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
         """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
@@ -120,15 +124,15 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
         raise ModelError(f"The model card says image size {size}, but the model takes "
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
     network = with_precision(network, chosen)
-    summary = replace(summarise(folder, card, sha256_file(folder / MODEL_FILE), chosen),
-                      device="gpu" if on_gpu else "cpu")
+    summary = summarise(folder, card, sha256_file(folder / MODEL_FILE), chosen, "gpu" if on_gpu else "cpu")
     gradcam = GradCam(network, cam_layer, jit_compile=on_gpu)
     log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
              "GPU, XLA" if on_gpu else "CPU", chosen)
-    return InferenceModel(folder, card, summary, gradcam, on_gpu, chosen)
+    return InferenceModel(folder, card, summary, gradcam)
 
 
-def summarise(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32") -> ModelSummary:
+def summarise(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
+              device: str = "cpu") -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -139,7 +143,7 @@ def summarise(folder: Path, card: ModelCard, model_sha256: str, precision: str =
         backbone_weights=card.backbone.weights, trained_on=trained_on, trained_at=card.created_at,
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
-        threshold_source=card.threshold_source, precision=precision,
+        threshold_source=card.threshold_source, precision=precision, device=device,
     )
 
 
