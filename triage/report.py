@@ -20,6 +20,7 @@ import posixpath
 import urllib.parse
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -50,7 +51,24 @@ _PDF_MAX_FAILURES = 500
 # --------------------------------------------------------------------------- public API
 
 
-def write_html(result: ScanResult, path: str | os.PathLike[str]) -> None:
+@dataclass(frozen=True)
+class Figures:
+    """The report's drawn figures, PNG ``data:`` URIs: drawn once for the HTML and the PDF of a run."""
+
+    histogram: str | None
+    plots: dict[str, str] = field(default_factory=dict)  # case_id -> probability along the slices
+
+
+def draw_figures(result: ScanResult, max_cases: int | None = None) -> Figures:
+    """The histogram, and the slice plot of each flagged case shown (the first ``max_cases``)."""
+    shown = _shown_cases(result, max_cases)
+    rows = _rows_of(result, {case.case_id for case in shown if case.kind != "image"})
+    plots = {case.case_id: plot for case in shown
+             if (plot := _slice_plot(case, rows.get(case.case_id, []), result.threshold))}
+    return Figures(_histogram_png(result), plots)
+
+
+def write_html(result: ScanResult, path: str | os.PathLike[str], figures: Figures | None = None) -> None:
     """Write the full report as one self-contained HTML file.
 
     The page holds every flagged case. Images are referenced by the relative paths in
@@ -60,12 +78,14 @@ def write_html(result: ScanResult, path: str | os.PathLike[str]) -> None:
     Args:
         result: The run to report.
         path: Where to write the HTML; written atomically.
+        figures: Figures already drawn for this result (default: drawn here).
     """
-    html = render_html(result, for_pdf=False)
+    html = render_html(result, for_pdf=False, figures=figures)
     atomic_write_text(path, html)
 
 
-def write_pdf(result: ScanResult, path: str | os.PathLike[str], *, max_cases: int = 200) -> None:
+def write_pdf(result: ScanResult, path: str | os.PathLike[str], *, max_cases: int = 200,
+              figures: Figures | None = None) -> None:
     """Write the report as a PDF, with at most ``max_cases`` flagged cases.
 
     The PDF holds the top ``max_cases`` flagged cases (highest probability first) and says
@@ -77,6 +97,7 @@ def write_pdf(result: ScanResult, path: str | os.PathLike[str], *, max_cases: in
         result: The run to report.
         path: Where to write the PDF; rendered in memory, then written atomically.
         max_cases: The most flagged cases to show.
+        figures: Figures already drawn for this result (default: drawn here).
 
     Raises:
         ValueError: If ``max_cases`` is negative.
@@ -86,7 +107,7 @@ def write_pdf(result: ScanResult, path: str | os.PathLike[str], *, max_cases: in
     from weasyprint import HTML
 
     folder = Path(path).resolve().parent
-    html = render_html(result, for_pdf=True, max_cases=max_cases, image_root=folder)
+    html = render_html(result, for_pdf=True, max_cases=max_cases, image_root=folder, figures=figures)
     fetcher = _restricted_url_fetcher(folder)
     document = HTML(string=html, base_url=folder.as_uri() + "/", url_fetcher=fetcher)
     atomic_write_bytes(path, document.write_pdf())
@@ -98,6 +119,7 @@ def render_html(
     for_pdf: bool = False,
     max_cases: int | None = None,
     image_root: Path | None = None,
+    figures: Figures | None = None,
 ) -> str:
     """Render the report template to a string (the HTML page, or the PDF's source).
 
@@ -107,11 +129,13 @@ def render_html(
         max_cases: The most flagged cases to show; ``None`` shows them all.
         image_root: The folder that ``case.original``/``case.heatmap`` are relative to;
             needed only for the PDF, which reads the images to embed them.
+        figures: Figures already drawn for this result (default: drawn here).
 
     Returns:
         The HTML text.
     """
-    context = _context(result, for_pdf=for_pdf, max_cases=max_cases, image_root=image_root)
+    context = _context(result, for_pdf=for_pdf, max_cases=max_cases, image_root=image_root,
+                       figures=figures or draw_figures(result, max_cases))
     return _environment().get_template(TEMPLATE).render(**context)
 
 
@@ -181,9 +205,10 @@ def _context(
     for_pdf: bool,
     max_cases: int | None,
     image_root: Path | None,
+    figures: Figures,
 ) -> dict[str, Any]:
     flagged = [case for case in result.flagged_cases if case.copy_of is None]
-    shown = flagged if max_cases is None else flagged[:max_cases]
+    shown = _shown_cases(result, max_cases)
     image_src: Callable[[str], str | None]
     if for_pdf:
         if image_root is None:
@@ -193,7 +218,7 @@ def _context(
     else:
         image_src = _url_path
     rows = _rows_of(result, {case.case_id for case in shown if case.kind != "image"})
-    cards = [_card(rank, case, result, rows.get(case.case_id, []), image_src)
+    cards = [_card(rank, case, result, rows.get(case.case_id, []), image_src, figures.plots.get(case.case_id))
              for rank, case in enumerate(shown, start=1)]
     failures = result.failures
     failures_shown = failures[:_PDF_MAX_FAILURES] if for_pdf else failures
@@ -213,7 +238,7 @@ def _context(
         "carried_over": result.scored - result.scored_this_run,
         "threshold_differs": not math.isclose(result.threshold, model.threshold),
         "model_rows": _model_rows(result),
-        "histogram": _histogram_png(result),
+        "histogram": figures.histogram,
         "cards": cards,
         "flagged_total": len(flagged),
         "flagged_hidden": len(flagged) - len(shown),
@@ -235,6 +260,12 @@ def _context(
     }
 
 
+def _shown_cases(result: ScanResult, max_cases: int | None) -> list[CaseSummary]:
+    """The flagged cases with a card (a copy of an earlier case has none), the first ``max_cases``."""
+    flagged = [case for case in result.flagged_cases if case.copy_of is None]
+    return flagged if max_cases is None else flagged[:max_cases]
+
+
 def _rows_of(result: ScanResult, case_ids: set[str]) -> dict[str, list[CaseResult]]:
     """The rows of the given cases, by case, in slice order."""
     rows: dict[str, list[CaseResult]] = {}
@@ -247,13 +278,10 @@ def _rows_of(result: ScanResult, case_ids: set[str]) -> dict[str, list[CaseResul
 
 
 def _card(rank: int, case: CaseSummary, result: ScanResult, rows: list[CaseResult],
-          image_src: Callable[[str], str | None]) -> dict[str, Any]:
+          image_src: Callable[[str], str | None], plot: str | None) -> dict[str, Any]:
     """What one flagged case's card shows: its top slices with their overlays and, for a stack, a plot."""
     slices = [{"row": row, "original": _image_view(row.original, image_src),
                "heatmap": _image_view(row.heatmap, image_src)} for row in case.top]
-    points = tuple((row.slice_index or 0, row.probability) for row in rows
-                   if row.ok and row.probability is not None)
-    top = tuple(row.slice_index or 0 for row in case.top)
     return {
         "rank": rank,
         "case": case,
@@ -261,7 +289,7 @@ def _card(rank: int, case: CaseSummary, result: ScanResult, rows: list[CaseResul
         "slices": slices,
         "location": _location(case, rows),
         "facts": _case_facts(case, result),
-        "plot": _slice_plot_png(points, top, result.threshold) if len(points) > 1 else None,
+        "plot": plot,
     }
 
 
@@ -433,12 +461,16 @@ def _histogram_png(result: ScanResult) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-@functools.lru_cache(maxsize=256)
-def _slice_plot_png(points: tuple[tuple[int, float], ...], top: tuple[int, ...], threshold: float) -> str:
-    """Probability along the slice index, threshold drawn, the top slices marked; a PNG ``data:`` URI.
+def _slice_plot(case: CaseSummary, rows: list[CaseResult], threshold: float) -> str | None:
+    """A stack's plot (see :func:`_slice_plot_png`), or None for a case of fewer than two scored slices."""
+    points = tuple((row.slice_index or 0, row.probability) for row in rows
+                   if row.ok and row.probability is not None)
+    top = tuple(row.slice_index or 0 for row in case.top)
+    return _slice_plot_png(points, top, threshold) if len(points) > 1 else None
 
-    Cached: the HTML and the PDF of a run draw the same plots.
-    """
+
+def _slice_plot_png(points: tuple[tuple[int, float], ...], top: tuple[int, ...], threshold: float) -> str:
+    """Probability along the slice index, threshold drawn, the top slices marked; a PNG ``data:`` URI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

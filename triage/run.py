@@ -299,13 +299,14 @@ def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> 
 def write_outputs(result: ScanResult, paths: OutputPaths, settings: dict[str, Any],
                   max_report_cases: int) -> None:
     """CSV -> cases CSV -> HTML -> PDF -> state -> ``run.json`` (last) -> unreferenced heat maps removed."""
-    from triage.report import write_html, write_pdf
+    from triage.report import draw_figures, write_html, write_pdf
 
     write_csv(result, paths.csv)
     write_cases_csv(result, paths.cases_csv)
-    write_html(result, paths.html)
+    figures = draw_figures(result)  # the PDF's cases are the HTML's first ones
+    write_html(result, paths.html, figures)
     if paths.pdf:
-        write_pdf(result, paths.pdf, max_cases=max_report_cases)
+        write_pdf(result, paths.pdf, max_cases=max_report_cases, figures=figures)
     write_state(paths.state, result, settings)
     atomic_write_text(paths.run_json, json.dumps(run_facts(result, paths), indent=2) + "\n")
     _remove_unreferenced(result, paths)
