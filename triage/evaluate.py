@@ -22,11 +22,11 @@ import numpy as np
 
 from triage import __version__
 from triage.atomic import atomic_write_text
-from triage.card import TrainingImages
+from triage.card import TrainingImages, read_card
 from triage.copies import image_fingerprint, near_matches
 from triage.dataset import LabelledFile, LabelledSet, index_labelled
 from triage.errors import DataError, Stopped, UsageError
-from triage.inference import InferenceModel, library_versions, load_for_inference
+from triage.inference import InferenceModel, find_model, library_versions, load_for_inference
 from triage.metrics import binary_metrics
 from triage.predictor import Decoded, Stop, decode_image, predict
 
@@ -86,10 +86,11 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         raise UsageError(f"The threshold must be in [0, 1], got {threshold}.", option="threshold")
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     labelled = index_labelled(Path(data_dir), positive, seed=None)
-    loaded = load_for_inference(model, device, precision=precision)
+    folder = find_model(model)
+    out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{read_card(folder).model_id}")
+    _check_out_dir(out_dir, force)  # before the model is loaded: a refusal should not wait for it
+    loaded = load_for_inference(folder, device, precision=precision)
     threshold = loaded.card.threshold if threshold is None else threshold
-    out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{loaded.card.model_id}")
-    _check_out_dir(out_dir, force)
     if on_start:
         on_start(len(labelled.files))
     scores = score_labelled(labelled, loaded, batch_size, Stop(should_stop), progress)
