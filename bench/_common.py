@@ -96,7 +96,7 @@ def parse_model_bench(p: argparse.ArgumentParser, repeats: int) -> tuple[argpars
 def check_weights(spec: str) -> str:
     """Exit with triage's one-sentence message when the backbone weights can't be had."""
     from triage.errors import WeightsUnavailable
-    from triage.model import resolve_backbone_weights
+    from triage.model.network import resolve_backbone_weights
 
     try:
         resolve_backbone_weights(spec)
@@ -341,8 +341,8 @@ def decode_for_model(paths: Sequence[Path], image_size: int) -> Any:
     """(N, S, S, 3) float32 of the images, decoded and resized exactly as triage does."""
     import numpy as np
 
-    from triage.images import read_image
-    from triage.preprocess import resize_for_model
+    from triage.inputs.images import read_image
+    from triage.model.preprocess import resize_for_model
 
     return np.stack([resize_for_model(read_image(p).pixels, image_size) for p in paths])
 
@@ -375,7 +375,7 @@ def train_small_model(data: Path, image_size: int, weights: str, *, per_class: i
 
     Its accuracy does not matter: only its shape (VGG19 at ``image_size``) does.
     """
-    from triage.train import TrainConfig, train_model
+    from triage.train.training import TrainConfig, train_model
 
     subset = labelled_subset(data, per_class)
     out = scratch("model") / "model"
@@ -386,7 +386,7 @@ def train_small_model(data: Path, image_size: int, weights: str, *, per_class: i
 
 def train_blob_model(image_size: int, weights: str, *, per_class: int = 20) -> Path:
     """A model folder trained on generated blob images (for the memory bench)."""
-    from triage.train import TrainConfig, train_model
+    from triage.train.training import TrainConfig, train_model
 
     data = write_blob_images(scratch("blobs"), 2 * per_class, size=96, seed=1, labelled=True)
     out = scratch("model") / "model"
@@ -400,7 +400,7 @@ def quiet_tensorflow() -> None:
     import logging
     import warnings
 
-    # triage.cam.gradcam_full_tape builds Model(model.inputs, ...) (a list) and calls it
+    # triage.engine.gradcam.gradcam_full_tape builds Model(model.inputs, ...) (a list) and calls it
     # with one tensor: Keras warns about the structure on every call.
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed, but will be ignored")

@@ -34,7 +34,7 @@ def build(image_size: int, logit: tuple[np.ndarray, np.ndarray] | None = None) -
     """triage's classifier at ``image_size`` with the seeded He-normal weights (see the module)."""
     import keras
 
-    from triage.model import (
+    from triage.model.network import (
         LOGIT_LAYER,
         PREPROCESS_LAYER,
         BackboneWeights,
@@ -66,7 +66,7 @@ def spread_logit(model: Any, images: np.ndarray, batch_size: int = 16) -> tuple[
     """Logit weights that give ``images`` logits of median 0 and std :data:`LOGIT_SPREAD` (fp32)."""
     import keras
 
-    from triage.model import LOGIT_LAYER
+    from triage.model.network import LOGIT_LAYER
 
     logit = model.get_layer(LOGIT_LAYER)
     to_logit = keras.Model(model.input, logit.output)

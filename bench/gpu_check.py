@@ -13,7 +13,7 @@ compiled: XLA on jax/tensorflow, torch.compile on torch, unless --no-compile), G
 the flagged scans from those activations through a float32 copy of the tail, and the
 overlays, encoded as a scan writes them. Measured:
 
-- decode alone: triage's decoder (``triage.images`` + ``triage.preprocess``) when it
+- decode alone: triage's decoder (``triage.inputs.images`` + ``triage.model.preprocess``) when it
   imports here, else OpenCV, else Pillow; --workers threads; images/s;
 - model alone: forward + Grad-CAM of the flagged, on decoded batches; images/s;
 - overlays alone: colour map, blend, PNG + JPEG encode of the flagged; images/s;
@@ -120,7 +120,7 @@ def load_model(args: argparse.Namespace, reference: dict[str, Any], work: Path) 
 
 
 def float32_tail(model: Any) -> Any:
-    """block5_conv4 activations -> logit, float32 copies of the model's layers (as triage.cam does)."""
+    """block5_conv4 activations -> logit, float32 copies of the model's layers (as triage.engine.gradcam)."""
     import keras
 
     names = [layer.name for layer in model.layers]
@@ -181,13 +181,13 @@ def normalise(cams: np.ndarray) -> np.ndarray:
 def decoder(size: int) -> tuple[str, Callable[[Path], tuple[np.ndarray, np.ndarray]]]:
     """(name, path -> (model input (S, S, 3) float32, the decoded RGB pixels))."""
     try:
-        from triage.images import read_image
-        from triage.preprocess import resize_for_model
+        from triage.inputs.images import read_image
+        from triage.model.preprocess import resize_for_model
 
         def decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
             pixels = read_image(path).pixels
             return resize_for_model(pixels, size), pixels
-        return "triage (triage.images + triage.preprocess)", decode
+        return "triage (triage.inputs.images + triage.model.preprocess)", decode
     except ImportError as exc:
         print(f"# triage's decoder does not import here ({exc}): decoding with OpenCV or Pillow",
               file=sys.stderr)
@@ -225,7 +225,7 @@ def overlay_writer() -> Callable[[np.ndarray, np.ndarray, Path], None]:
             Image.fromarray(pixels).save(f"{stem}_image.jpg", quality=90)
         return write_pil
     try:
-        from triage.cam import overlay
+        from triage.engine.gradcam import overlay
     except ImportError:
         def overlay(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:
             up = cv2.resize(cam, pixels.shape[1::-1], interpolation=cv2.INTER_LINEAR)
@@ -273,7 +273,7 @@ class Check:
                  args: argparse.Namespace, threshold: float | None) -> None:
         import keras
 
-        from triage.model import with_precision
+        from triage.model.network import with_precision
 
         net = with_precision(model, precision)
         self.forward = keras.Model(net.input, [net.get_layer(CAM_LAYER).output, net.output])
@@ -304,7 +304,7 @@ class Check:
     def end_to_end(self, paths: list[Path], decode: Callable[[Path], Any],
                    write_overlay: Callable[..., None], out: Path) -> tuple[float, Stages]:
         """Images/s of decode (prefetched) -> forward -> Grad-CAM -> overlays (thread pool)."""
-        from triage.stream import prefetch_map
+        from triage.engine.prefetch import prefetch_map
 
         stages, size, workers = Stages(), self.args.batch_size, self.args.workers
         start = time.perf_counter()
@@ -383,7 +383,7 @@ def main() -> int:
 
     import keras
 
-    from triage.stream import prefetch_map
+    from triage.engine.prefetch import prefetch_map
 
     reference = R.read_reference(args.reference)
     size, threshold = reference["image_size"], reference["threshold"]

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Grad-CAM cost per image: triage's head-only maps vs the thesis's per-image method.
 
-triage (``triage.cam.GradCam``): one forward pass that keeps the block5_conv4
+triage (``triage.engine.gradcam.GradCam``): one forward pass that keeps the block5_conv4
 activations (the scan does it anyway to score the images), then ``heatmaps()``,
 a backward pass through the small tail after that layer. Only ``heatmaps()``
 counts as the CAM cost; predict + heatmaps vs predict alone is shown too.
 
 Thesis: for every image, reload the model from disk (``keras.saving.load_model``),
 build the sub-model ``Model(inputs, [block5_conv4.output, output])`` and run the
-whole network again under a ``GradientTape`` (``triage.cam.gradcam_full_tape``).
+whole network again under a ``GradientTape`` (``triage.engine.gradcam.gradcam_full_tape``).
 
 The maps of both are compared (max abs difference after normalisation).
 Target: triage's CAM >= 50x cheaper per image.
@@ -36,9 +36,9 @@ def main() -> int:
     import keras
     import numpy as np
 
-    from triage.cam import CAM_LAYER, GradCam, gradcam_full_tape
-    from triage.card import MODEL_FILE
-    from triage.model import load_classifier
+    from triage.engine.gradcam import CAM_LAYER, GradCam, gradcam_full_tape
+    from triage.model.card import MODEL_FILE
+    from triage.model.network import load_classifier
 
     paths = C.dataset_images(data, args.images)
     n = len(paths)

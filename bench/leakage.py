@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Copies across the split: validation images with a copy (exact or near) in the training part.
 
-Finds the copy groups of the data set with ``triage.copies`` (SHA-256 of the
+Finds the copy groups of the data set with ``triage.labelled.copies`` (SHA-256 of the
 bytes; perceptual hash of the normalised pixels), then counts the validation
 images that have a copy in training under the thesis's Keras split
 (``index_labelled(seed)`` + ``split(val_split)``, file for file as
-``image_dataset_from_directory``) and under ``triage.copies.grouped_split`` with
+``image_dataset_from_directory``) and under ``triage.labelled.copies.grouped_split`` with
 the same seed. ``--list`` prints every group with its members' file names, to
 look at what was merged.
 
@@ -31,10 +31,10 @@ from typing import Sequence
 import _common as C  # before triage: private feature cache, shared-set location
 import numpy as np
 
-from triage.copies import CopyGroups, copies_across, find_copies, grouped_split, image_fingerprint
-from triage.dataset import LabelledSet, index_labelled, split
 from triage.errors import ImageLoadError
-from triage.images import decode_file, read_file
+from triage.inputs.images import decode_file, read_file
+from triage.labelled.copies import CopyGroups, copies_across, find_copies, grouped_split, image_fingerprint
+from triage.labelled.dataset import LabelledSet, index_labelled, split
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def metric_cell(metric: dict) -> str:
 
 def metrics_table(data: Path, args: object) -> str:
     """Train under both splits (the feature cache makes the second run cheap); one row per measure."""
-    from triage.train import TrainConfig, train_model
+    from triage.train.training import TrainConfig, train_model
 
     rows = []
     for method in ("keras", "grouped"):

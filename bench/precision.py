@@ -41,8 +41,8 @@ REFERENCE_IMAGES = 64
 
 def parity_model(data: Path, image_size: int, batch_size: int) -> tuple[Path, dict]:
     """A model folder holding the parity model (the card of a throw-away triage model)."""
-    from triage.card import MODEL_FILE
-    from triage.train import TrainConfig, train_model
+    from triage.model.card import MODEL_FILE
+    from triage.train.training import TrainConfig, train_model
 
     folder = C.scratch("model") / "parity"
     train_model(C.labelled_subset(data, 10), folder, TrainConfig(
@@ -75,7 +75,7 @@ def score(loaded: Any, images: Any, batch_size: int) -> tuple[Any, Any]:
 def parity(folder: Path, paths: list[Path], image_size: int, batch_size: int) -> dict:
     import numpy as np
 
-    from triage.inference import load_for_inference
+    from triage.model.loading import load_for_inference
 
     images = C.decode_for_model(paths, image_size)
     result = {}
@@ -102,7 +102,7 @@ def write_reference(folder: Path, facts: dict, image_size: int, batch_size: int,
     import keras
     import tensorflow as tf
 
-    from triage.inference import load_for_inference
+    from triage.model.loading import load_for_inference
 
     images = R.images(REFERENCE_IMAGES, image_size)
     probabilities = {}
@@ -167,7 +167,7 @@ def main() -> int:
     data = C.check_data(args.data)
     C.quiet_tensorflow()
     from triage.errors import UsageError
-    from triage.model import choose_precision
+    from triage.model.network import choose_precision
 
     try:
         choose_precision("bf16", on_gpu=False)

@@ -25,7 +25,7 @@ Then the driver's own costs, which more workers do not spread: discovery and pla
 images, and on as many DICOM files (series of --series-slices slices of ``volume_speed.py``, whose
 headers are read and grouped); and writing the overlay and display copy of one flagged image
 (``HeatmapWriter``). The report's cost is ``bench/report_speed.py``'s. And a CPU task's work per
-image (``triage.predictor.decode_image``: read, hash, decode, resize, display copy), with the bytes
+image (``triage.engine.predictor.decode_image``: read, hash, decode, resize, display copy), with the bytes
 it sends on: the model input to an actor, the display copy and the file's facts to the driver.
 
 Target: ray/local marginal images/s >= 0.85 for each worker count, same total threads.
@@ -79,8 +79,8 @@ def compare(local: Path, ray: Path) -> float:
 
 def plan_seconds(folder: Path, files: int, repeats: int) -> float:
     """Seconds per file of ``discover`` + ``plan_scan`` on ``folder`` (median)."""
-    from triage.images import discover
-    from triage.scan_plan import plan_scan
+    from triage.inputs.images import discover
+    from triage.scan.plan import plan_scan
 
     report = C.scratch("driver-report")
     return C.median(C.timed(lambda: plan_scan(list(discover(folder)), {}, report))[0]
@@ -89,7 +89,7 @@ def plan_seconds(folder: Path, files: int, repeats: int) -> float:
 
 def decode_costs(paths: list[Path], image_size: int, repeats: int) -> tuple[float, float, float]:
     """Seconds per image of a decode task's work; bytes per image to an actor and to the driver."""
-    from triage.predictor import decode_image
+    from triage.engine.predictor import decode_image
 
     seconds = C.median(C.timed(lambda: [decode_image(p, image_size) for p in paths])[0]
                        for _ in range(repeats)) / len(paths)
@@ -103,9 +103,9 @@ def driver_costs(data: Path, args: argparse.Namespace) -> tuple[float, float, fl
     """Seconds per file of discovery and planning (images, DICOM); per flagged image of its overlay."""
     import numpy as np
 
-    from triage.heatmaps import HeatmapWriter
-    from triage.images import read_image
-    from triage.preprocess import display_copy
+    from triage.engine.heatmaps import HeatmapWriter
+    from triage.inputs.images import read_image
+    from triage.model.preprocess import display_copy
 
     paths = C.dataset_images(data)
     folder = C.scratch("driver")

@@ -2,8 +2,8 @@
 """Report rendering: seconds to write the PDF (and the HTML) of 100 flagged scans, and PDF size.
 
 Scans --images real images of the data set with threshold 0, so every one is
-flagged and gets a Grad-CAM overlay (``triage.scoring.scan_folder``; not timed),
-then times ``triage.report.write_pdf`` and ``write_html`` on that ScanResult,
+flagged and gets a Grad-CAM overlay (``triage.scan.folder.scan_folder``; not timed),
+then times ``triage.report.rendering.write_pdf`` and ``write_html`` on that ScanResult,
 median of --repeats.
 
 Target: PDF < 15 MB. (The render time has no target; it is reported.)
@@ -27,9 +27,9 @@ def main() -> int:
     p.add_argument("--max-cases", type=int, default=200, help="write_pdf max_cases")
     args, data = C.parse_model_bench(p, repeats=3)
 
-    from triage.inference import load_for_inference
-    from triage.report import write_html, write_pdf
-    from triage.scoring import ScanOptions, scan_folder
+    from triage.model.loading import load_for_inference
+    from triage.report.rendering import write_html, write_pdf
+    from triage.scan.folder import ScanOptions, scan_folder
 
     paths = C.dataset_images(data, args.images)
     print(C.environment_line(images=len(paths), image_size=args.image_size,

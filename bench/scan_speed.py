@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scan throughput: the whole ``triage.run.run_scan`` vs the bare batched forward pass.
+"""Scan throughput: the whole ``triage.scan.run.run_scan`` vs the bare batched forward pass.
 
 The scan is timed end to end (load the model, discover, decode, resize, forward
 pass, Grad-CAM of every image with ``explain="all"``, overlay PNGs, CSV and HTML;
@@ -29,10 +29,10 @@ def main() -> int:
     p.add_argument("--pdf", action="store_true", help="also render the PDF inside the timed scan")
     args, data = C.parse_model_bench(p, repeats=3)
 
-    from triage.card import MODEL_FILE
-    from triage.model import load_classifier
-    from triage.run import run_scan
-    from triage.scoring import ScanOptions
+    from triage.model.card import MODEL_FILE
+    from triage.model.network import load_classifier
+    from triage.scan.folder import ScanOptions
+    from triage.scan.run import run_scan
 
     paths = C.dataset_images(data, args.images)
     n = len(paths)

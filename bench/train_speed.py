@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training time: triage (backbone once per image) vs the thesis recipe (backbone every epoch).
 
-The tool is ``triage.train.train_model`` with ``cache=False``, so the frozen VGG19
+The tool is ``triage.train.training.train_model`` with ``cache=False``, so the frozen VGG19
 really runs once per image in the timed run; it is then run twice more with a
 feature cache (cold, which fills it, and warm). The naive recipe is the thesis's:
 ``keras.utils.image_dataset_from_directory(..., subset="both")`` and ``model.fit``
@@ -64,7 +64,7 @@ class ToolRuns:
 
 
 def expected_split(data: Path, seed: int) -> tuple[list[str], list[str]]:
-    from triage.dataset import index_labelled, split
+    from triage.labelled.dataset import index_labelled, split
 
     train, val = split(index_labelled(data, "yes", seed).files, 0.2)
     return [str(f.path) for f in train], [str(f.path) for f in val]
@@ -73,7 +73,7 @@ def expected_split(data: Path, seed: int) -> tuple[list[str], list[str]]:
 def run_tool(data: Path, args: Any, seed: int) -> ToolRuns:
     import keras
 
-    from triage.train import TrainConfig, train_model
+    from triage.train.training import TrainConfig, train_model
 
     runs = ToolRuns()
     config = TrainConfig(epochs=args.epochs, image_size=args.image_size, seed=seed,
@@ -105,7 +105,7 @@ def run_naive(data: Path, args: Any, seed: int) -> NaiveRun:
     """The thesis's training: the frozen backbone runs on every image in every epoch."""
     import keras
 
-    from triage.model import build_backbone, resolve_backbone_weights
+    from triage.model.network import build_backbone, resolve_backbone_weights
 
     size, epochs = args.image_size, args.epochs
     epochs_run = min(args.naive_epochs or epochs, epochs)

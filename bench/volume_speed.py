@@ -5,7 +5,7 @@ The series are generated from pydicom's MR_small.dcm: every slice a copy with it
 own UIDs and position, its pixels replaced by a generated 'scan' of --pixels side
 (every fourth with a bright disc), no stored window (so each series' window is
 measured from all its slices), files named in shuffled order without an extension.
-The scan is ``triage.scoring.scan_folder`` with the model loaded beforehand: header
+The scan is ``triage.scan.folder.scan_folder`` with the model loaded beforehand: header
 reading and grouping, ordering, one window per series, decoding, the forward pass,
 the case scores, and Grad-CAM of the top --top-k slices of every flagged case with
 their overlays written (threshold 0: every case is flagged, the most Grad-CAM a scan
@@ -61,9 +61,9 @@ def decoded_slices(folder: Path, image_size: int) -> "object":
     """(N, S, S, 3) float32 of every slice, decoded with its series' window and resized as triage does."""
     import numpy as np
 
-    from triage.images import discover
-    from triage.preprocess import resize_for_model
-    from triage.series import build_cases, decode_slice
+    from triage.inputs.cases import build_cases, decode_slice
+    from triage.inputs.images import discover
+    from triage.model.preprocess import resize_for_model
 
     cases, _ = build_cases(list(discover(folder)))
     return np.stack([resize_for_model(decode_slice(s, case), image_size)
@@ -85,10 +85,10 @@ def main() -> int:
     C.check_weights(args.backbone_weights)
     import numpy as np
 
-    from triage.card import MODEL_FILE
-    from triage.inference import load_for_inference
-    from triage.model import load_classifier
-    from triage.scoring import ScanOptions, scan_folder
+    from triage.model.card import MODEL_FILE
+    from triage.model.loading import load_for_inference
+    from triage.model.network import load_classifier
+    from triage.scan.folder import ScanOptions, scan_folder
 
     n = args.series * args.slices
     print(C.environment_line(series=args.series, slices=args.slices, pixels=args.pixels,

@@ -56,7 +56,7 @@ def blob_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, blob_dataset: Path) -> Path:
     """A model trained on the blob set with the random backbone at 32 px (session-wide)."""
-    from triage.train import TrainConfig, train_model
+    from triage.train.training import TrainConfig, train_model
 
     mp = pytest.MonkeyPatch()
     mp.setenv("TRIAGE_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triage.cam import GradCam, Target, gradcam_full_tape, normalise, overlay, usable
+from triage.engine.gradcam import GradCam, Target, gradcam_full_tape, normalise, overlay, usable
 from triage.errors import CamLayerNotFound
 
 
@@ -48,7 +48,7 @@ def test_head_only_gradcam_equals_full_tape(tmp_path: Path, reload: bool) -> Non
 
 
 def test_gradcam_on_the_real_vgg19_classifier(trained_model: Path) -> None:
-    from triage.model import load_classifier
+    from triage.model.network import load_classifier
 
     model = load_classifier(trained_model / "model.keras")
     images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
@@ -109,7 +109,7 @@ def test_normalise_and_overlay() -> None:
 
 def test_mixed_precision_copy_agrees_with_fp32(trained_model: Path) -> None:
     """The GPU path (mixed_float16) keeps the weights and a float32 output, and its CAM runs."""
-    from triage.model import load_classifier, with_dtype_policy
+    from triage.model.network import load_classifier, with_dtype_policy
 
     model = load_classifier(trained_model / "model.keras")
     mixed = with_dtype_policy(model, "mixed_float16")

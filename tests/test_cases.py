@@ -16,7 +16,7 @@ from test_series import mr_slice, write_nifti
 
 from conftest import blob_image
 from triage.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
-from triage.results import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
+from triage.results.records import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
 
 TUMOUR_SLICES = {"t2": (2, 3), "t1": (), "volume": (1, 4)}
 
@@ -246,7 +246,7 @@ def test_identical_files_are_marked_as_copies_and_share_one_card(folder: Path, t
 
 def test_a_non_finite_heat_map_leaves_its_image_scored(folder: Path, trained_model: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from triage.cam import NOT_FINITE, GradCam
+    from triage.engine.gradcam import NOT_FINITE, GradCam
 
     original = GradCam.heatmaps
 
@@ -270,8 +270,8 @@ def test_a_non_finite_heat_map_leaves_its_image_scored(folder: Path, trained_mod
 
 
 def test_one_non_finite_row_of_activations_spoils_only_its_own_map(trained_model: Path) -> None:
-    from triage.cam import usable
-    from triage.inference import load_for_inference
+    from triage.engine.gradcam import usable
+    from triage.model.loading import load_for_inference
 
     model = load_for_inference(trained_model, "cpu")
     images = np.stack([blob_image(np.random.default_rng(seed), True, size=32) for seed in range(3)])

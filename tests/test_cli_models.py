@@ -129,9 +129,9 @@ def test_device_gpu_without_a_gpu(tmp_path: Path, trained_model: Path) -> None:
 
 
 @pytest.mark.parametrize("command, target", [
-    ("scan", "triage.run.run_scan"),
-    ("evaluate", "triage.evaluate.evaluate_model"),
-    ("train", "triage.train.train_model"),
+    ("scan", "triage.scan.run.run_scan"),
+    ("evaluate", "triage.evaluate.evaluation.evaluate_model"),
+    ("train", "triage.train.training.train_model"),
 ])
 def test_internal_error_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   command: str, target: str) -> None:

@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from conftest import SHARED_DATA
-from triage.copies import (
+from triage.inputs.images import read_image
+from triage.labelled.copies import (
     NEAR_DISTANCE,
     CopyGroups,
     copies_across,
@@ -22,8 +23,7 @@ from triage.copies import (
     near_match,
     near_matches,
 )
-from triage.dataset import index_labelled
-from triage.images import read_image
+from triage.labelled.dataset import index_labelled
 
 SIZE = 256
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import IMAGE_SIZE, make_blob_dataset
 from triage.cli import EXIT_OK, main
-from triage.train import TrainConfig, train_model
+from triage.train.training import TrainConfig, train_model
 
 QUICK = dict(epochs=2, image_size=IMAGE_SIZE, backbone_weights="random", l2=0.0, learning_rate=0.01)
 
@@ -69,8 +69,8 @@ def test_keras_split_reports_copies_across_and_clean_metrics(tmp_path: Path, wit
 
 def test_threshold_does_not_change_when_validation_labels_do(tmp_path: Path, blob_dataset: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import triage.train
-    from triage.splits import split_rows
+    import triage.train.training
+    from triage.train.splits import split_rows
 
     config = TrainConfig(**{**QUICK, "epochs": 5}, target_sensitivity=0.8)
     honest = train_model(blob_dataset, tmp_path / "a", config).card
@@ -81,7 +81,7 @@ def test_threshold_does_not_change_when_validation_labels_do(tmp_path: Path, blo
         labels[rows.val] = 1  # every validation label changed to "tumour"
         return type(rows)(rows.train, rows.val, labels, rows.copies, rows.val_with_copy)
 
-    monkeypatch.setattr(triage.train, "split_rows", shuffled_validation_labels)
+    monkeypatch.setattr(triage.train.training, "split_rows", shuffled_validation_labels)
     shuffled = train_model(blob_dataset, tmp_path / "b", config).card
     assert shuffled.threshold == honest.threshold
     assert honest.threshold_source == "out-of-fold" and honest.target_sensitivity == 0.8

@@ -15,10 +15,10 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from triage import images
 from triage.errors import ImageLoadError
-from triage.images import decode_bytes, discover, display_path, path_bytes, read_image
-from triage.results import CaseResult, ModelSummary, ScanResult, read_csv, write_csv
+from triage.inputs import images
+from triage.inputs.images import decode_bytes, discover, display_path, path_bytes, read_image
+from triage.results.records import CaseResult, ModelSummary, ScanResult, read_csv, write_csv
 
 
 def load_error(path: Path) -> ImageLoadError:

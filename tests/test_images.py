@@ -1,4 +1,4 @@
-"""Tests for triage.images: discovering files and decoding every supported kind of image."""
+"""Tests for triage.inputs.images: discovering files and decoding every supported kind of image."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from triage import images
 from triage.errors import ImageLoadError, UsageError
-from triage.images import FoundFile, decode_bytes, discover, read_image
-from triage.results import STATUSES
+from triage.inputs import images
+from triage.inputs.images import FoundFile, decode_bytes, discover, read_image
+from triage.results.records import STATUSES
 
 
 def rng() -> np.random.Generator:

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from triage.metrics import _auc_rows, binary_metrics, format_metric, threshold_for_sensitivity, wilson
+from triage.labelled.metrics import (
+    _auc_rows,
+    binary_metrics,
+    format_metric,
+    threshold_for_sensitivity,
+    wilson,
+)
 
 
 def test_wilson_interval_of_the_issue_example() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import blob_image
 from triage.cli import EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, _StopFlag, main
-from triage.results import read_csv
+from triage.results.records import read_csv
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_log_file_inside_the_model_folder_is_refused(tmp_path: Path, folder: Pat
 
 def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, trained_model: Path) -> None:
     """A run writing its CSV where another run holds the lock waits, whatever its --out."""
-    from triage.lock import OutputLock
+    from triage.outputs.lock import OutputLock
 
     shared = tmp_path / "shared"
     with OutputLock(shared / ".triage.lock"):
@@ -98,22 +98,22 @@ def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, traine
 def test_failed_rows_are_scored_again_in_an_incremental_run(
         tmp_path: Path, folder: Path, trained_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file that could not be read once (a decoder missing, a permission) is tried again."""
-    import triage.predictor
+    import triage.engine.predictor
     from triage.errors import ImageLoadError
 
-    real = triage.predictor.decode_file
+    real = triage.engine.predictor.decode_file
 
     def no_decoder_for_scan1(path: Path, digest: str, data: bytes) -> object:
         if path.name == "scan1.png":
             raise ImageLoadError("unreadable", "no decoder for this file")
         return real(path, digest, data)
 
-    monkeypatch.setattr(triage.predictor, "decode_file", no_decoder_for_scan1)
+    monkeypatch.setattr(triage.engine.predictor, "decode_file", no_decoder_for_scan1)
     report = tmp_path / "out" / "r.html"
     assert scan(folder, trained_model, "--out", str(report)).exit_code == 1
     rows = {row["path"]: row for row in read_csv(report.with_suffix(".csv"))}
     assert rows["scan1.png"]["status"] == "unreadable"
-    monkeypatch.setattr(triage.predictor, "decode_file", real)
+    monkeypatch.setattr(triage.engine.predictor, "decode_file", real)
     assert scan(folder, trained_model, "--out", str(report)).exit_code == EXIT_OK
     rows = {row["path"]: row for row in read_csv(report.with_suffix(".csv"))}
     assert rows["scan1.png"]["status"] == "ok" and rows["scan1.png"]["probability"]
@@ -143,7 +143,7 @@ def test_a_second_ctrl_c_while_writing_lets_the_outputs_finish() -> None:
 
 
 def test_phases_are_reported_in_order(tmp_path: Path, folder: Path, trained_model: Path) -> None:
-    from triage.run import run_scan
+    from triage.scan.run import run_scan
 
     phases: list[str] = []
     run_scan(folder, tmp_path / "r.html", model=trained_model, on_phase=phases.append)
@@ -190,9 +190,9 @@ def _outputs_then_failure(tmp_path: Path, folder: Path, trained_model: Path, mon
 
 
 @pytest.mark.parametrize("target, error", [
-    ("triage.atomic.os.replace", OSError(errno.EROFS, "Read-only file system", "r.csv")),
-    ("triage.atomic.os.fsync", OSError(errno.ENOSPC, "No space left on device")),
-    ("triage.lock.os.open", PermissionError(errno.EACCES, "Permission denied", ".triage.lock")),
+    ("triage.outputs.atomic.os.replace", OSError(errno.EROFS, "Read-only file system", "r.csv")),
+    ("triage.outputs.atomic.os.fsync", OSError(errno.ENOSPC, "No space left on device")),
+    ("triage.outputs.lock.os.open", PermissionError(errno.EACCES, "Permission denied", ".triage.lock")),
 ])
 def test_file_system_refusals_are_one_sentence_and_keep_the_previous_outputs(
         tmp_path: Path, folder: Path, trained_model: Path, monkeypatch: pytest.MonkeyPatch,
@@ -215,7 +215,7 @@ def test_a_name_too_long_is_one_sentence(tmp_path: Path, folder: Path, trained_m
 
 def test_a_failed_heat_map_write_is_raised_and_leaves_no_temporary_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from triage.heatmaps import HeatmapWriter
+    from triage.engine.heatmaps import HeatmapWriter
 
     writer = HeatmapWriter(tmp_path, tmp_path, "tag")
     pixels, cam = np.zeros((64, 64, 3), np.uint8), np.zeros((8, 8), np.float32)
@@ -223,7 +223,7 @@ def test_a_failed_heat_map_write_is_raised_and_leaves_no_temporary_file(
     def disk_full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "full")
 
-    monkeypatch.setattr("triage.heatmaps.os.replace", disk_full)
+    monkeypatch.setattr("triage.engine.heatmaps.os.replace", disk_full)
     with pytest.raises(OSError, match="full"):
         try:
             for i in range(40):
@@ -237,7 +237,7 @@ def test_the_heat_map_writer_threads_write_every_image_and_copies_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    from triage.heatmaps import HeatmapWriter
+    from triage.engine.heatmaps import HeatmapWriter
 
     writes, write = [], HeatmapWriter._write
 

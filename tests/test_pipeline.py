@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import IMAGE_SIZE, blob_image, make_blob_dataset
-from triage.card import CARD_FILE, CARD_SCHEMA_VERSION, read_card
 from triage.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from triage.errors import ModelError, Stopped
+from triage.model.card import CARD_FILE, CARD_SCHEMA_VERSION, read_card
 
 PACKAGE = Path(__file__).resolve().parents[1] / "triage"
 
@@ -33,11 +33,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "triage"
 def test_evaluate_and_scan_give_the_same_probability_bit_for_bit(tmp_path: Path, trained_model: Path) -> None:
     """The same file lands in different batches (other neighbours, other positions, a padded
     last batch) in a scan and an evaluation, and gets the very same float."""
-    from triage.dataset import index_labelled
-    from triage.evaluate import score_labelled
-    from triage.inference import load_for_inference
-    from triage.predictor import Stop
-    from triage.scoring import ScanOptions, scan_folder
+    from triage.engine.predictor import Stop
+    from triage.evaluate.evaluation import score_labelled
+    from triage.labelled.dataset import index_labelled
+    from triage.model.loading import load_for_inference
+    from triage.scan.folder import ScanOptions, scan_folder
 
     labelled_root = make_blob_dataset(tmp_path / "labelled", per_class=11, seed=5)
     scan_root = tmp_path / "scan"
@@ -57,8 +57,8 @@ def test_evaluate_and_scan_give_the_same_probability_bit_for_bit(tmp_path: Path,
 
 
 def test_predictor_pads_every_batch_and_classifies_failures(tmp_path: Path) -> None:
+    from triage.engine.predictor import Decoded, Stop, predict
     from triage.errors import ImageLoadError
-    from triage.predictor import Decoded, Stop, predict
 
     seen_shapes: list[tuple[int, ...]] = []
 
@@ -157,7 +157,7 @@ def test_evaluate_writes_a_manifest_last_and_refuses_to_overwrite(tmp_path: Path
 
 
 def test_a_stopped_evaluation_writes_nothing(tmp_path: Path, trained_model: Path, blob_dataset: Path) -> None:
-    from triage.evaluate import evaluate_model
+    from triage.evaluate.evaluation import evaluate_model
 
     calls = []
 

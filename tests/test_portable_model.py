@@ -34,7 +34,7 @@ def _python(code: str, cwd: Path, with_triage: bool = False) -> None:
 def test_preprocess_layer_is_vgg19_preprocess_input() -> None:
     import keras
 
-    from triage.model import preprocess_layer
+    from triage.model.network import preprocess_layer
 
     layer = preprocess_layer()
     assert type(layer) is keras.layers.Conv2D and not layer.trainable and not layer.trainable_weights
@@ -44,7 +44,7 @@ def test_preprocess_layer_is_vgg19_preprocess_input() -> None:
 
 
 def test_model_has_no_custom_layer_and_loads_with_plain_keras(trained_model: Path, tmp_path: Path) -> None:
-    from triage.model import load_classifier
+    from triage.model.network import load_classifier
 
     model_file = trained_model / "model.keras"
     with zipfile.ZipFile(model_file) as archive:
@@ -73,8 +73,8 @@ def test_old_model_with_caffe_preprocess_still_loads(trained_model: Path, tmp_pa
     """An old-style model (CaffePreprocess first) loads in a fresh process through load_classifier."""
     import keras
 
-    from triage.layers import CaffePreprocess
-    from triage.model import PREPROCESS_LAYER, load_classifier
+    from triage.model.layers import CaffePreprocess
+    from triage.model.network import PREPROCESS_LAYER, load_classifier
 
     new = load_classifier(trained_model / "model.keras")
     image = keras.Input(new.input.shape[1:], name="image")
@@ -90,7 +90,7 @@ def test_old_model_with_caffe_preprocess_still_loads(trained_model: Path, tmp_pa
         import numpy as np
         from pathlib import Path
 
-        from triage.model import load_classifier
+        from triage.model.network import load_classifier
 
         model = load_classifier(Path("old.keras"))
         assert type(model.get_layer({PREPROCESS_LAYER!r})).__name__ == "CaffePreprocess"
@@ -102,7 +102,7 @@ def test_old_model_with_caffe_preprocess_still_loads(trained_model: Path, tmp_pa
 
 @pytest.mark.parametrize("policy, atol", [("mixed_float16", 2e-3), ("mixed_bfloat16", 5e-2)])
 def test_preprocessing_survives_a_dtype_policy(trained_model: Path, policy: str, atol: float) -> None:
-    from triage.model import PREPROCESS_LAYER, load_classifier, with_dtype_policy
+    from triage.model.network import PREPROCESS_LAYER, load_classifier, with_dtype_policy
 
     model = load_classifier(trained_model / "model.keras")
     copy = with_dtype_policy(model, policy)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import triage.model
+import triage.model.network
 from conftest import IMAGE_SIZE, blob_image
-from triage.card import read_card
 from triage.cli import EXIT_USAGE, main
 from triage.errors import UsageError
-from triage.model import choose_precision, cpu_has_bf16
+from triage.model.card import read_card
+from triage.model.network import choose_precision, cpu_has_bf16
 
 # bf16 keeps 8 significant bits, so each of the 17 layers that run in it rounds its output
 # to a relative 2^-9 (about 0.2%); their float32 accumulation keeps that from growing with
@@ -32,7 +32,7 @@ BF16_MEDIAN_ATOL = 0.005
 @pytest.fixture()
 def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend the CPU has native bfloat16, so bf16 tests run on any CPU (slowly where emulated)."""
-    monkeypatch.setattr(triage.model, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(triage.model.network, "cpu_has_bf16", lambda: True)
 
 
 def _images(n: int = 6, seed: int = 11) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
 ])
 def test_precision_choice(monkeypatch: pytest.MonkeyPatch, native: bool, on_gpu: bool, requested: str,
                           chosen: str) -> None:
-    monkeypatch.setattr(triage.model, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(triage.model.network, "cpu_has_bf16", lambda: native)
     assert choose_precision(requested, on_gpu) == chosen
 
 
@@ -65,7 +65,7 @@ def test_precision_choice(monkeypatch: pytest.MonkeyPatch, native: bool, on_gpu:
 ])
 def test_precision_refusals_are_one_sentence(monkeypatch: pytest.MonkeyPatch, native: bool,
                                              requested: str, words: str) -> None:
-    monkeypatch.setattr(triage.model, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(triage.model.network, "cpu_has_bf16", lambda: native)
     with pytest.raises(UsageError) as caught:
         choose_precision(requested, on_gpu=False)
     message = str(caught.value)
@@ -97,7 +97,7 @@ def spread_model(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     """
     import keras
 
-    from triage.model import load_classifier
+    from triage.model.network import load_classifier
 
     folder = tmp_path_factory.mktemp("spread") / "model"
     shutil.copytree(trained_model, folder)
@@ -111,7 +111,7 @@ def spread_model(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_bf16_probabilities_agree_with_fp32(spread_model: Path, native_bf16: None) -> None:
-    from triage.inference import load_for_inference
+    from triage.model.loading import load_for_inference
 
     exact = load_for_inference(spread_model, "cpu", precision="fp32")
     fast = load_for_inference(spread_model, "cpu", precision="bf16")
@@ -128,8 +128,8 @@ def test_bf16_probabilities_agree_with_fp32(spread_model: Path, native_bf16: Non
 def test_output_head_and_cam_tail_stay_float32(trained_model: Path, precision: str, compute: str) -> None:
     import tensorflow as tf
 
-    from triage.cam import GradCam
-    from triage.model import load_classifier, with_precision
+    from triage.engine.gradcam import GradCam
+    from triage.model.network import load_classifier, with_precision
 
     model = load_classifier(trained_model / "model.keras")
     mixed = with_precision(model, precision)
@@ -151,9 +151,9 @@ def test_output_head_and_cam_tail_stay_float32(trained_model: Path, precision: s
 
 
 def test_feature_cache_keeps_precisions_apart(blob_dataset: Path, tmp_path: Path, native_bf16: None) -> None:
-    from triage.features import FeatureCache, cache_key
-    from triage.model import resolve_backbone_weights
-    from triage.train import TrainConfig, train_model
+    from triage.model.network import resolve_backbone_weights
+    from triage.train.features import FeatureCache, cache_key
+    from triage.train.training import TrainConfig, train_model
 
     weights = resolve_backbone_weights("random")
     caches = {p: FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, p)) for p in ("fp32", "bf16", "fp16")}
@@ -188,8 +188,8 @@ def test_older_cards_read_as_fp32_features(trained_model: Path, tmp_path: Path) 
 
 def test_scan_records_precision_and_never_reuses_other_precision_rows(
         trained_model: Path, blob_dataset: Path, tmp_path: Path, native_bf16: None) -> None:
-    from triage.run import run_scan
-    from triage.scoring import ScanOptions
+    from triage.scan.folder import ScanOptions
+    from triage.scan.run import run_scan
 
     out = tmp_path / "out" / "report.html"
 

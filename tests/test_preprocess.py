@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from triage.preprocess import display_copy, resize_for_model
+from triage.model.preprocess import display_copy, resize_for_model
 
 
 @pytest.mark.parametrize("height, width", [(300, 500), (100, 90), (32, 32), (1000, 37), (7, 900)])
@@ -45,7 +45,7 @@ def test_decode_budget_lets_a_huge_image_decode_alone() -> None:
     import threading
     import time
 
-    from triage.predictor import DecodeBudget
+    from triage.engine.predictor import DecodeBudget
 
     budget = DecodeBudget(100)
     inside, most = [0], [0]

@@ -17,8 +17,8 @@ from test_cases import write_series, write_volume
 
 from conftest import blob_image
 from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
-from triage.model import cpu_has_bf16
-from triage.results import read_csv
+from triage.model.network import cpu_has_bf16
+from triage.results.records import read_csv
 
 ray = pytest.importorskip("ray")
 
@@ -70,9 +70,9 @@ def test_both_engines_write_the_same_outputs(local_ray, folder: Path, trained_mo
 
 def test_an_interrupted_ray_run_leaves_the_previous_outputs(local_ray, folder: Path, trained_model: Path,
                                                            tmp_path: Path) -> None:
-    from triage.ray_engine import RaySettings
-    from triage.run import run_scan
-    from triage.scoring import ScanOptions
+    from triage.engine.ray_data import RaySettings
+    from triage.scan.folder import ScanOptions
+    from triage.scan.run import run_scan
 
     out = tmp_path / "out"
     assert scan(folder, out, trained_model).exit_code == EXIT_SOME_FAILED
@@ -104,8 +104,8 @@ def test_the_engine_without_ray_installed_says_how_to_install_it(folder: Path, t
 
 
 def test_ray_settings_are_checked(folder: Path, trained_model: Path, tmp_path: Path) -> None:
+    from triage.engine.ray_data import RaySettings
     from triage.errors import UsageError
-    from triage.ray_engine import RaySettings
 
     with pytest.raises(UsageError):
         RaySettings(workers=0).validate()
@@ -119,9 +119,9 @@ def test_a_worker_that_dies_is_restarted_and_its_batch_retried(local_ray, folder
     import os
     import signal
 
-    from triage.cam import CAM_LAYER
-    from triage.predictor import decode_image
-    from triage.ray_engine import ModelSpec, RaySettings, ray_predict
+    from triage.engine.gradcam import CAM_LAYER
+    from triage.engine.predictor import decode_image
+    from triage.engine.ray_data import ModelSpec, RaySettings, ray_predict
 
     paths = sorted((folder / "loose").glob("scan*.png")) * 2
     spec = ModelSpec(trained_model, "cpu", "fp32", CAM_LAYER, 32)
@@ -193,10 +193,10 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_scanning(
 
 def test_an_actor_that_cannot_load_the_model_is_one_typed_sentence(local_ray, folder: Path,
                                                                    trained_model: Path) -> None:
-    from triage.cam import CAM_LAYER
+    from triage.engine.gradcam import CAM_LAYER
+    from triage.engine.predictor import decode_image
+    from triage.engine.ray_data import ModelSpec, RaySettings, ray_predict
     from triage.errors import UsageError
-    from triage.predictor import decode_image
-    from triage.ray_engine import ModelSpec, RaySettings, ray_predict
 
     spec = ModelSpec(trained_model, "gpu", "fp32", CAM_LAYER, 32)  # this machine has no GPU
     paths = sorted((folder / "loose").glob("scan*.png"))

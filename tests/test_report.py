@@ -15,14 +15,14 @@ from markupsafe import escape as markup_escape
 from PIL import Image
 
 from triage import RESEARCH_NOTICE
-from triage.report import (
+from triage.report.rendering import (
     RANDOM_BACKBONE_WARNING,
     _restricted_url_fetcher,
     render_html,
     write_html,
     write_pdf,
 )
-from triage.results import CaseResult, ModelSummary, ScanResult
+from triage.results.records import CaseResult, ModelSummary, ScanResult
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -256,7 +256,7 @@ def test_write_html_is_atomic_and_complete(sample: ScanResult, report_dir: Path,
             def render(*args: object, **kwargs: object) -> str:
                 raise RuntimeError("template error")
 
-            patch.setattr("triage.report.render_html", render)
+            patch.setattr("triage.report.rendering.render_html", render)
         elif fail == "fsync":  # the whole page is in the temporary file, the disk is full
             patch.setattr(os, "fsync", _disk_full)
         else:
@@ -273,7 +273,7 @@ def test_write_html_is_atomic_and_complete(sample: ScanResult, report_dir: Path,
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, triage.report; "
+        "import sys, triage.report.rendering; "
         "print(sorted(m for m in ('weasyprint', 'matplotlib', 'PIL', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run(

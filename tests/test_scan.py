@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from conftest import blob_image
 from triage.cli import EXIT_MODEL, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
-from triage.results import read_csv
+from triage.results.records import read_csv
 
 NASTY = "odd <b>&\"' name.png"  # a failed file: the report's failure table shows it
 
@@ -120,7 +120,7 @@ def test_run_json_agrees_with_csv(scanned, trained_model: Path) -> None:
     assert facts["counts"]["flagged"] == sum(r["flagged"] == "true" for r in rows)
     assert facts["counts"]["failed"] == 4 and facts["counts"]["skipped"] == 2
     assert facts["cam_layer"] == "block5_conv4" and facts["threshold"] == 0.5
-    from triage.model import sha256_file
+    from triage.hashing import sha256_file
 
     assert facts["model"]["sha256"] == sha256_file(trained_model / "model.keras")
     assert "tensorflow" in facts["versions"] and "triage" in facts["versions"]
@@ -235,7 +235,7 @@ def test_a_scan_without_heat_maps_makes_no_display_copies(tmp_path: Path, traine
     def no_copy(*args: object) -> None:
         raise AssertionError("a display copy was made")
 
-    monkeypatch.setattr("triage.predictor.display_copy", no_copy)
+    monkeypatch.setattr("triage.engine.predictor.display_copy", no_copy)
     result = CliRunner().invoke(main, [*args, "--explain", "none", "--full"])
     assert result.exit_code == EXIT_OK, result.output
     rows = read_csv(out.with_suffix(".csv"))

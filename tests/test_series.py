@@ -16,8 +16,7 @@ from pydicom.pixels import apply_color_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from triage.images import discover, read_image
-from triage.series import (
+from triage.inputs.cases import (
     Case,
     build_cases,
     case_score,
@@ -26,6 +25,7 @@ from triage.series import (
     image_case,
     study_score,
 )
+from triage.inputs.images import discover, read_image
 
 MR_SMALL = get_testdata_file("MR_small.dcm")
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -281,7 +281,7 @@ def test_a_dicomdir_is_not_scored(tmp_path: Path) -> None:
 
 
 def test_files_too_large_and_loose_images_are_told_apart(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("triage.dicom_series.MAX_PIXELS", 64 * 64 - 1)
+    monkeypatch.setattr("triage.inputs.dicom_series.MAX_PIXELS", 64 * 64 - 1)
     mr_slice(tmp_path / "big.dcm", study=generate_uid(), series=generate_uid())
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.full((5, 6, 3), 90, dtype=np.uint8)).save(tmp_path / "scan.png")

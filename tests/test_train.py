@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE_SIZE, SHARED_DATA, make_blob_dataset
-from triage.card import CARD_FILE, CURVES_FILE, MODEL_FILE, read_card
-from triage.dataset import index_labelled, split
 from triage.errors import DataError
-from triage.train import TrainConfig, train_model
+from triage.labelled.dataset import index_labelled, split
+from triage.model.card import CARD_FILE, CURVES_FILE, MODEL_FILE, read_card
+from triage.train.training import TrainConfig, train_model
 
 
 def _keras_split(root: Path, seed: int = 1337, val_split: float = 0.2) -> tuple[list[str], list[str]]:
@@ -67,10 +67,10 @@ def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
 def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dataset: Path) -> None:
     import keras
 
-    from triage.features import FeatureCache, cache_key, default_cache_dir
-    from triage.images import read_image
-    from triage.model import FEATURE_LAYER, load_classifier, resolve_backbone_weights
-    from triage.preprocess import resize_for_model
+    from triage.inputs.images import read_image
+    from triage.model.network import FEATURE_LAYER, load_classifier, resolve_backbone_weights
+    from triage.model.preprocess import resize_for_model
+    from triage.train.features import FeatureCache, cache_key, default_cache_dir
 
     model = load_classifier(trained_model / MODEL_FILE)
     card = read_card(trained_model)
@@ -107,8 +107,8 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights, image size, preprocessing, decoder, library versions, precision, device: each one
     changed gives another cache, which does not hold what the first one holds."""
-    import triage.features as features
-    from triage.model import resolve_backbone_weights
+    import triage.train.features as features
+    from triage.model.network import resolve_backbone_weights
 
     weights = resolve_backbone_weights("random", 1337)
     base = features.cache_key(weights, IMAGE_SIZE)
@@ -173,7 +173,7 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
 def test_local_weights_file(tmp_path: Path, blob_dataset: Path) -> None:
     import keras
 
-    from triage.model import sha256_file
+    from triage.hashing import sha256_file
 
     weights = tmp_path / "vgg19_notop.weights.h5"
     keras.utils.set_random_seed(3)

@@ -34,7 +34,7 @@ from PIL import Image
 
 from conftest import blob_image
 from triage.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED
-from triage.results import CSV_COLUMNS, read_csv
+from triage.results.records import CSV_COLUMNS, read_csv
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 SUMMARY = re.compile(r"^triage scan .*: (\d+) found, (\d+) scored \((\d+) this run\), (\d+) flagged, "
@@ -565,7 +565,7 @@ def test_unusable_state_means_a_full_rescan_with_a_warning(incremental: Incremen
 def test_garbage_state_files_are_never_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                request: pytest.FixtureRequest) -> None:
     """In-process, over many shapes of garbage: no exception, nothing reused, a warning each time."""
-    from triage.state import STATE_SCHEMA_VERSION, load_state
+    from triage.scan.state import STATE_SCHEMA_VERSION, load_state
 
     settings = {"model_sha256": "ab", "threshold": 0.5}
     good_row = {"path": "a.png", "status": "ok", "sha256": "cd" * 32, "reason": "", "probability": 0.25,
@@ -577,8 +577,8 @@ def test_garbage_state_files_are_never_trusted(tmp_path: Path, caplog: pytest.Lo
                            **top})
 
     # The CLI's "triage" logger may not propagate to the root (in-process CLI tests set it so).
-    logging.getLogger("triage.run").addHandler(caplog.handler)
-    request.addfinalizer(lambda: logging.getLogger("triage.run").removeHandler(caplog.handler))
+    logging.getLogger("triage.scan.run").addHandler(caplog.handler)
+    request.addfinalizer(lambda: logging.getLogger("triage.scan.run").removeHandler(caplog.handler))
     path = tmp_path / ".report.state.json"
     path.write_text(state(good_row))
     assert set(load_state(path, settings, "report_heatmaps")) == {"a.png"}  # the control

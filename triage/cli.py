@@ -77,7 +77,7 @@ def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, input_dir:
     console.setFormatter(logging.Formatter("triage: %(message)s"))
     log.addHandler(console)
     if log_file:
-        from triage.run import check_writes
+        from triage.scan.run import check_writes
 
         check_writes([("the log file", "log_file", log_file)], input_dir, None)
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
     started = monotonic()
     _setup_logging(quiet, log_file, verbose, data_dir)
     from triage.quiet import metric_summary
-    from triage.train import TrainConfig, train_model
+    from triage.train.training import TrainConfig, train_model
 
     config = TrainConfig(
         epochs=epochs, image_size=image_size, batch_size=batch_size or 32, val_split=val_split,
@@ -349,7 +349,7 @@ def training_warnings(card: Any) -> list[str]:
 
 
 def _print_training_details(card: Any, out_dir: Path, images: str) -> None:
-    from triage.metrics import format_metric
+    from triage.labelled.metrics import format_metric
 
     click.echo(f"model: {out_dir}")
     click.echo(f"images: {images}")
@@ -400,8 +400,8 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
     """
     started = monotonic()
     _setup_logging(quiet, log_file, verbose, data_dir)
-    from triage.evaluate import evaluate_model
-    from triage.metrics import format_metric
+    from triage.evaluate.evaluation import evaluate_model
+    from triage.labelled.metrics import format_metric
     from triage.quiet import metric_summary
 
     bar = Progress(_interactive(quiet), desc="evaluate")
@@ -495,9 +495,9 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
       triage scan ./incoming --out reports/report.pdf
     """
     _setup_logging(quiet, log_file, verbose, input_dir)
-    from triage.ray_engine import RaySettings
-    from triage.run import run_scan
-    from triage.scoring import ScanOptions
+    from triage.engine.ray_data import RaySettings
+    from triage.scan.folder import ScanOptions
+    from triage.scan.run import run_scan
 
     stop = _StopFlag()
     stop.install()

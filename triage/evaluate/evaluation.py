@@ -1,0 +1,242 @@
+"""Metrics of a saved model on any labelled folder.
+
+The evaluation folder is written whole or not at all: its files go to a
+temporary folder beside it, ``run.json`` (the manifest) last, and the folder is
+renamed into place. An earlier evaluation is replaced only when asked to.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from triage import __version__
+from triage.engine.predictor import Decoded, Stop, decode_image, predict
+from triage.errors import DataError, Stopped, UsageError
+from triage.labelled.copies import image_fingerprint, near_matches
+from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
+from triage.labelled.metrics import binary_metrics
+from triage.model.card import TrainingImages, read_card
+from triage.model.loading import InferenceModel, find_model, library_versions, load_for_inference
+from triage.outputs.atomic import atomic_write_text
+
+MANIFEST_FILE = "run.json"
+EVALUATION_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    out_dir: Path
+    metrics: dict[str, Any]
+    report: dict[str, Any]
+    precision: str = "fp32"  # what the forward pass ran in
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Probabilities of the files that could be read, and the reasons for the rest."""
+
+    files: tuple[LabelledFile, ...]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    skipped: tuple[dict[str, str], ...]
+    copy_of_training: np.ndarray  # bool per file: an exact or near copy of an image the model trained on
+
+
+def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
+                   threshold: float | None = None, positive: str = "yes", batch_size: int = 16,
+                   device: str = "auto", precision: str = "auto", force: bool = False,
+                   should_stop: Callable[[], bool] = lambda: False,
+                   on_start: Callable[[int], None] | None = None,
+                   progress: Callable[[int], None] | None = None) -> Evaluation:
+    """Score a labelled folder with a saved model and write metrics, ROC and confusion plots.
+
+    Args:
+        data_dir: One sub-folder per class (``positive`` = tumour).
+        out_dir: Where ``metrics.json``, ``predictions.csv``, ``roc_curve.png``,
+            ``confusion_matrix.png`` and ``run.json`` go; default ``./evaluation-<model id>``.
+        model: Model folder; default ``$TRIAGE_MODEL`` or the newest under ``models/``.
+        threshold: Override of the model card's threshold.
+        positive: Name of the tumour class folder.
+        batch_size: Images per forward pass (as in a scan, so the probabilities are the scan's).
+        device: ``auto``, ``cpu`` or ``gpu``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``choose_precision``).
+        force: Replace an earlier evaluation in ``out_dir``.
+        should_stop: Polled between batches; True stops with nothing written.
+        on_start, progress: Progress callbacks.
+
+    Returns:
+        Where the results went, and the metrics.
+
+    Raises:
+        DataError, ModelError, UsageError: see :mod:`triage.errors`.
+        Stopped: a stop was asked for; nothing was written.
+    """
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UsageError(f"The threshold must be in [0, 1], got {threshold}.", option="threshold")
+    started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    labelled = index_labelled(Path(data_dir), positive, seed=None)
+    folder = find_model(model)
+    out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{read_card(folder).model_id}")
+    _check_out_dir(out_dir, force)  # before the model is loaded: a refusal should not wait for it
+    loaded = load_for_inference(folder, device, precision=precision)
+    threshold = loaded.card.threshold if threshold is None else threshold
+    if on_start:
+        on_start(len(labelled.files))
+    scores = score_labelled(labelled, loaded, batch_size, Stop(should_stop), progress)
+    metrics = binary_metrics(scores.labels, scores.probabilities, threshold)
+    report = _report(data_dir, labelled, scores, loaded, metrics, threshold)
+    seconds = time.perf_counter() - clock
+    manifest = _manifest(loaded, threshold, batch_size, started, seconds, len(scores.files))
+    _write_folder(out_dir, labelled, scores, threshold, report, manifest)
+    return Evaluation(out_dir, metrics, report, loaded.precision)
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} exists and is not a folder.", option="out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UsageError(f"{out_dir} already holds files (an earlier evaluation?); choose another "
+                         f"folder or replace it.", option="force")
+
+
+def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: int, stop: Stop,
+                   progress: Callable[[int], None] | None = None) -> Scores:
+    """Probabilities of every readable file, through the same predictor and forward pass as a scan.
+
+    Raises:
+        DataError: no file could be read.
+        Stopped: a stop was asked for.
+    """
+
+    def decode(index: int) -> Decoded:
+        decoded = decode_image(labelled.files[index].path, loaded.image_size)
+        return Decoded(decoded.pixels, (decoded.extra.sha256, image_fingerprint(decoded.extra.display)))
+
+    probabilities: dict[int, float] = {}
+    hashes: dict[int, tuple[str, str]] = {}
+    skipped: list[dict[str, str]] = []
+    for outcome in predict(range(len(labelled.files)), decode, loaded.probabilities,
+                           batch_size=batch_size, stop=stop, progress=progress):
+        if outcome.failure is not None:
+            skipped.append({"path": labelled.files[outcome.item].relpath,
+                            "status": outcome.failure.status, "reason": outcome.failure.reason})
+        else:
+            probabilities[outcome.item] = float(outcome.output)
+            hashes[outcome.item] = outcome.extra
+    if stop.asked:
+        raise Stopped("the evaluation was stopped; nothing was written")
+    order = sorted(probabilities)
+    if not order:
+        raise DataError(f"No image in {labelled.root} could be read.")
+    return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order],
+                  np.array([probabilities[i] for i in order]), tuple(skipped),
+                  copies_of_training([hashes[i] for i in order], loaded.card.training_images))
+
+
+def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -> np.ndarray:
+    """Which images are exact or near copies of the images a model was trained on (per its card)."""
+    trained_shas = set(trained.sha256s)
+    exact = np.array([sha in trained_shas for sha, _ in hashes], dtype=bool)
+    near = near_matches([fingerprint for _, fingerprint in hashes], list(trained.fingerprints))
+    return exact | near
+
+
+def _report(data_dir: Path, labelled: LabelledSet, scores: Scores, loaded: InferenceModel,
+            metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    card = loaded.card
+    fresh = ~scores.copy_of_training
+    return {
+        "tool_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {"path": str(Path(data_dir).resolve()), "n_images": len(scores.files),
+                 "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
+                 "skipped": list(scores.skipped)},
+        "model": {"id": card.model_id, "path": str(loaded.folder.resolve()),
+                  "sha256": loaded.summary.sha256, "backbone_weights": card.backbone.weights},
+        "metrics": metrics,
+        "copies_of_training": int(scores.copy_of_training.sum()),
+        "copies_of_training_files": [f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c],
+        "metrics_without_copies": binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
+        if scores.copy_of_training.any() else None,
+    }
+
+
+def _manifest(loaded: InferenceModel, threshold: float, batch_size: int, started: dt.datetime,
+              seconds: float, n_scored: int) -> dict[str, Any]:
+    """The content of ``run.json``, written last: what ran, on what, and what it wrote."""
+    return {
+        "schema_version": EVALUATION_SCHEMA_VERSION,
+        "command": "evaluate",
+        "versions": library_versions(),
+        "model": {"id": loaded.card.model_id, "path": str(loaded.folder.resolve()),
+                  "sha256": loaded.summary.sha256},
+        "threshold": threshold,
+        "batch_size": batch_size,
+        "device": loaded.device,
+        "precision": loaded.precision,
+        "n_scored": n_scored,
+        "started_at": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "outputs": ["metrics.json", "predictions.csv", "roc_curve.png", "confusion_matrix.png"],
+    }
+
+
+def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "probability", "predicted"])
+    for item, probability in zip(scores.files, scores.probabilities):
+        writer.writerow([item.relpath, labelled.class_names[item.label], f"{probability:.6f}",
+                         labelled.class_names[int(probability >= threshold)]])
+    return buffer.getvalue()
+
+
+def _write_folder(out_dir: Path, labelled: LabelledSet, scores: Scores, threshold: float,
+                  report: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Write everything into a temporary folder, then swap it in for ``out_dir``."""
+    from triage.report.charts import confusion_matrix_png, roc_curve_png
+
+    out_dir = out_dir.absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        metrics = report["metrics"]
+        roc_curve_png(scores.labels, scores.probabilities, metrics["roc_auc"]["value"],
+                      staging / "roc_curve.png")
+        confusion_matrix_png(metrics["confusion_matrix"], labelled.class_names,
+                             staging / "confusion_matrix.png")
+        atomic_write_text(staging / "predictions.csv", _predictions_csv(labelled, scores, threshold))
+        atomic_write_text(staging / "metrics.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(staging / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Rename ``staging`` to ``out_dir``; an earlier folder there is moved aside, then removed."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    old.rmdir()
+    out_dir.rename(old)
+    try:
+        staging.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,352 @@
+"""DICOM headers grouped into ordered stacks, and the display values of one frame.
+
+Grouping reads headers only (``stop_before_pixels``): a folder of series is
+sorted into stacks without decoding a pixel. An image is a file, or one frame
+of a multi-frame file; an enhanced multi-frame file keeps its per-frame
+position, orientation, rescale and window in functional groups, which a
+:class:`FrameView` reads before the file's own attributes, so that one code
+path reads both kinds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+
+from triage.errors import ImageLoadError
+from triage.inputs.images import _DICOM_DEFER_BYTES, _DICOM_FIRST_GROUPS, MAX_PIXELS, FoundFile, _short
+
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+# Functional groups of an enhanced multi-frame file that describe one frame.
+_FRAME_GROUPS = (
+    "PlanePositionSequence", "PlaneOrientationSequence", "PixelValueTransformationSequence",
+    "FrameVOILUTSequence", "FrameContentSequence", "MREchoSequence", "MRImageFrameTypeSequence",
+)
+# Besides the orientation, what tells stacks of one series apart.
+_STACK_KEYWORDS = (
+    "EchoNumbers", "EffectiveEchoTime", "TemporalPositionIdentifier", "TemporalPositionIndex", "StackID",
+)
+LOCALIZER_MAX_SLICES = 3
+# Two stacks whose normals meet at more than 60 degrees count as orthogonal.
+_ORTHOGONAL_COS = 0.5
+
+
+@dataclass(frozen=True)
+class DicomImage:
+    """One image (a file, or a frame of one) as its header describes it."""
+
+    found: FoundFile
+    frame: int | None  # None: a single-frame file
+    study_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    typed_localizer: bool  # ImageType or FrameType says LOCALIZER
+    stack_key: tuple[object, ...]
+    normal: tuple[float, float, float] | None
+    position: tuple[float, float, float] | None
+    instance: int | None
+    window: tuple[float, float] | None  # the stored window (lo, hi) of a grayscale image
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Images of one series that form one stack, in order."""
+
+    stack_id: str
+    images: tuple[DicomImage, ...]
+    sort_method: str
+    localizer: bool
+
+
+def read_header(path: Path) -> pydicom.Dataset | None:
+    """The file's data set without its pixel data; None when the file is no DICOM."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+        if head[128:132] != b"DICM" and head[:2] not in _DICOM_FIRST_GROUPS:
+            return None
+        return pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=_DICOM_DEFER_BYTES)
+    except Exception:  # unreadable or not DICOM: the single-image path reports it
+        return None
+
+
+def is_dicomdir(ds: pydicom.Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None) or {}
+    return meta.get("MediaStorageSOPClassUID") == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds
+
+
+def is_image(ds: pydicom.Dataset) -> bool:
+    return "Rows" in ds and "Columns" in ds
+
+
+def modality(ds: pydicom.Dataset | FrameView) -> str:
+    return str(ds.get("Modality") or "").upper()
+
+
+def check_size(ds: pydicom.Dataset) -> None:
+    """Refuse, from the header, a file whose frames hold more than MAX_PIXELS samples."""
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        frames = frame_count(ds)
+    except (TypeError, ValueError) as err:
+        raise ImageLoadError("unreadable", f"bad DICOM image size ({_short(err)})") from err
+    if rows * columns * frames * samples > MAX_PIXELS:
+        raise ImageLoadError("too_large", f"{columns}x{rows} pixels x {frames} frames x {samples} samples "
+                                          f"exceeds the limit of {MAX_PIXELS:,} pixels")
+
+
+def frame_count(ds: pydicom.Dataset) -> int:
+    return max(_int(ds.get("NumberOfFrames")) or 1, 1)
+
+
+def images_of(found: FoundFile, ds: pydicom.Dataset) -> list[DicomImage]:
+    """One image per frame of a multi-frame file, else one for the file.
+
+    Raises:
+        ImageLoadError: the header claims more frames than the file has bytes.
+    """
+    frames = frame_count(ds)
+    if found.size is not None and frames > found.size:
+        raise ImageLoadError("unreadable", f"{frames} frames cannot fit in a file of {found.size} bytes")
+    if frames == 1:
+        return [_image(found, None, FrameView(ds, None))]
+    return [_image(found, frame, FrameView(ds, frame)) for frame in range(frames)]
+
+
+class FrameView:
+    """One frame's attributes: its functional groups (per-frame, else shared) before the data set's own."""
+
+    def __init__(self, ds: pydicom.Dataset, frame: int | None) -> None:
+        self.ds = ds
+        self.groups = [item for keyword in _FRAME_GROUPS
+                       if (item := functional_group(ds, frame, keyword)) is not None]
+
+    def get(self, keyword: str) -> Any:
+        for item in self.groups:
+            if keyword in item:
+                return item.get(keyword)
+        return self.ds.get(keyword)
+
+
+def functional_group(ds: pydicom.Dataset, frame: int | None, keyword: str) -> pydicom.Dataset | None:
+    """The item of one functional group for a frame (per-frame, else shared); None when there is none."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    index = frame or 0
+    for groups in (per_frame[index:index + 1], shared[:1]):
+        if groups and groups[0].get(keyword):
+            return groups[0].get(keyword)[0]
+    return None
+
+
+def _image(found: FoundFile, frame: int | None, view: FrameView) -> DicomImage:
+    orientation = _floats(view.get("ImageOrientationPatient"), 6)
+    rounded = None if orientation is None else tuple(round(value, 3) for value in orientation)
+    return DicomImage(
+        found=found, frame=frame,
+        study_uid=str(view.get("StudyInstanceUID") or ""),
+        series_uid=str(view.get("SeriesInstanceUID") or ""),
+        modality=modality(view),
+        description=str(view.get("SeriesDescription") or ""),
+        typed_localizer="LOCALIZER" in _values(view, "ImageType") + _values(view, "FrameType"),
+        stack_key=(rounded, *(str(view.get(keyword) or "") for keyword in _STACK_KEYWORDS)),
+        normal=_normal(orientation),
+        position=_floats(view.get("ImagePositionPatient"), 3),
+        instance=_int(view.get("InstanceNumber")),
+        window=stored_window(view),
+    )
+
+
+def stored_window(view: pydicom.Dataset | FrameView) -> tuple[float, float] | None:
+    """The first stored window (WindowCenter/Width) as (lo, hi), for grayscale images only."""
+    if not str(view.get("PhotometricInterpretation") or "MONOCHROME2").upper().startswith("MONOCHROME"):
+        return None
+    center, width = _first_float(view.get("WindowCenter")), _first_float(view.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    return center - width / 2, center + width / 2
+
+
+def group_stacks(images: Sequence[DicomImage]) -> list[Stack]:
+    """Images grouped by study and series, split into stacks, each ordered, localizers marked.
+
+    A series without a SeriesInstanceUID cannot be told from others, so each of
+    its files is a series of its own.
+    """
+    series: dict[tuple[str, str], dict[tuple[object, ...], list[DicomImage]]] = defaultdict(
+        lambda: defaultdict(list))
+    for image in images:
+        series[(image.study_uid, image.series_uid or image.found.relpath)][image.stack_key].append(image)
+    stacks: list[tuple[str, list[DicomImage]]] = []
+    for (_, series_id), by_key in series.items():
+        for number, key in enumerate(sorted(by_key, key=str), start=1):
+            stacks.append((series_id if len(by_key) == 1 else f"{series_id}/{number}", by_key[key]))
+    flags = localizer_flags([members for _, members in stacks])
+    return [Stack(stack_id, *order_stack(members), flag) for (stack_id, members), flag in zip(stacks, flags)]
+
+
+def single_stacks(images: Sequence[DicomImage]) -> list[Stack]:
+    """Every image its own stack (one case per file or frame)."""
+    return [Stack(image.found.relpath if image.frame is None else f"{image.found.relpath}#{image.frame}",
+                  (image,), "", image.typed_localizer) for image in images]
+
+
+def order_stack(images: Sequence[DicomImage]) -> tuple[tuple[DicomImage, ...], str]:
+    """The stack in order along its normal; else by InstanceNumber; else by file name and frame.
+
+    Positions (or instance numbers) are used only when every image has one and
+    no two are equal, so the order never depends on the order files were found.
+    """
+    by_name = sorted(images, key=lambda image: (image.found.relpath, image.frame or 0))
+    normal = by_name[0].normal
+    if normal is not None and all(image.position is not None for image in by_name):
+        depths = [float(np.dot(image.position, normal)) for image in by_name]
+        if _distinct(np.round(depths, 4)):
+            ordered = sorted(zip(depths, by_name), key=lambda pair: pair[0])
+            return tuple(image for _, image in ordered), "position"
+    instances = [image.instance for image in by_name]
+    if None not in instances and _distinct(instances):
+        return tuple(sorted(by_name, key=lambda image: image.instance)), "instance_number"
+    return tuple(by_name), "file_name"
+
+
+def localizer_flags(stacks: Sequence[Sequence[DicomImage]]) -> list[bool]:
+    """Which stacks are localizers: typed LOCALIZER, or tiny and orthogonal to their study's main stack."""
+    main: dict[str, Sequence[DicomImage]] = {}
+    for stack in stacks:
+        study = stack[0].study_uid
+        if not _typed_localizer(stack) and len(stack) > len(main.get(study, ())):
+            main[study] = stack
+    return [_typed_localizer(stack) or _tiny_and_orthogonal(stack, main.get(stack[0].study_uid))
+            for stack in stacks]
+
+
+def _typed_localizer(stack: Sequence[DicomImage]) -> bool:
+    return any(image.typed_localizer for image in stack)
+
+
+def _tiny_and_orthogonal(stack: Sequence[DicomImage], main: Sequence[DicomImage] | None) -> bool:
+    if main is None or len(stack) > LOCALIZER_MAX_SLICES or len(main) <= LOCALIZER_MAX_SLICES:
+        return False
+    a, b = stack[0].normal, main[0].normal
+    return a is not None and b is not None and abs(float(np.dot(a, b))) < _ORTHOGONAL_COS
+
+
+def frame_values(path: Path, frame: int | None) -> tuple[np.ndarray, str]:
+    """A frame's values for display and its photometric interpretation.
+
+    Grayscale: after the modality LUT (rescale or LUT), and after a VOI LUT
+    sequence when the image has one but no window. Colour: RGB (palette
+    colour through its LUT). The window is applied by the caller, one per series.
+
+    Raises:
+        ImageLoadError: too large, or pixel data or LUTs that cannot be decoded.
+    """
+    ds = _frame_header(path) if frame is not None else _dataset(path)
+    check_size(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    try:
+        # A frame is read from the file alone; a single-frame file from its data set.
+        pixels = pixel_array(path, index=frame) if frame is not None else pixel_array(ds)
+    except Exception as err:  # no decoder for a compressed syntax, or bad pixel data
+        raise ImageLoadError("unreadable", f"cannot decode DICOM pixel data: {_short(err)}") from err
+    try:
+        return _display_values(pixels, ds, frame, photometric), photometric
+    except Exception as err:  # e.g. a bad LUT
+        raise ImageLoadError("unreadable", f"bad DICOM display values ({_short(err)})") from err
+
+
+def _display_values(pixels: np.ndarray, ds: pydicom.Dataset, frame: int | None,
+                    photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        return apply_color_lut(pixels, ds)
+    if pixels.ndim == 3:  # colour; pydicom has already converted YBR to RGB
+        return pixels
+    rescale = functional_group(ds, frame, "PixelValueTransformationSequence") or ds
+    values = apply_modality_lut(pixels, rescale)
+    if "VOILUTSequence" in ds and stored_window(FrameView(ds, frame)) is None:
+        values = apply_voi(values, ds)
+    return values
+
+
+def _dataset(path: Path) -> pydicom.Dataset:
+    """The whole data set, its pixel data read only when decoded (after the size check)."""
+    try:
+        return pydicom.dcmread(path, force=True, defer_size=_DICOM_DEFER_BYTES)
+    except Exception as err:
+        raise ImageLoadError("unreadable", f"corrupt DICOM file ({_short(err)})") from err
+
+
+_HEADER_LOCK = threading.Lock()
+
+
+def _frame_header(path: Path) -> pydicom.Dataset:
+    """A multi-frame file's header, read once for all its frames (threads share it, read-only)."""
+    with _HEADER_LOCK:
+        return _cached_header(path, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_header(path: Path, _mtime_ns: int) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    except Exception as err:
+        raise ImageLoadError("unreadable", f"corrupt DICOM file ({_short(err)})") from err
+
+
+def _values(view: FrameView, keyword: str) -> list[str]:
+    value = view.get(keyword)
+    if value is None:
+        return []
+    return [str(item).upper() for item in ([value] if isinstance(value, str) else value)]
+
+
+def _floats(value: object, count: int) -> tuple[float, ...] | None:
+    try:
+        numbers = tuple(float(item) for item in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count and all(np.isfinite(numbers)) else None
+
+
+def _first_float(value: object) -> float | None:
+    if value is not None and not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        value = value[0] if len(value) else None  # type: ignore[index]
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _normal(orientation: tuple[float, ...] | None) -> tuple[float, float, float] | None:
+    """The unit normal of a slice plane: the cross product of its row and column directions."""
+    if orientation is None:
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    if length < 1e-6:
+        return None
+    return tuple(float(value) for value in normal / length)  # type: ignore[return-value]
+
+
+def _distinct(values: Sequence[object] | np.ndarray) -> bool:
+    return len(set(np.asarray(values).tolist())) == len(values)

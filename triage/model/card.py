@@ -1,0 +1,248 @@
+"""The model card: a typed, frozen record of how a model was made, and its file.
+
+``triage train`` writes it beside ``model.keras``; scan, evaluate and the CLI
+read it through :func:`read_card` only, so every field is looked up by name in
+this module and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from triage.errors import ModelError
+from triage.outputs.atomic import atomic_write_text
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "model_card.json"
+CURVES_FILE = "training_curves.png"
+CARD_SCHEMA_VERSION = 2
+# Schema 1 cards (before copies and threshold sources) read with those fields empty.
+READABLE_SCHEMAS = (1, 2)
+RANDOM_WARNING = "RANDOM BACKBONE: built for tests and smoke runs only; its scores mean nothing."
+
+
+def models_root() -> Path:
+    """Where models go by default: ``$TRIAGE_MODELS`` or ``./models``."""
+    return Path(os.environ.get("TRIAGE_MODELS") or "models")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    weights: str  # "imagenet", "random" or "file:PATH"
+    weights_sha256: str
+    architecture: str = "VGG19"
+    include_top: bool = False
+    frozen: bool = True
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    negative: str
+    positive: str
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of the data folder that was not trained on, and why."""
+
+    path: str
+    reason: str
+    status: str = "ignored"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    path: str
+    fingerprint: str
+    class_names: ClassNames
+    n_images: int
+    n_indexed: int
+    skipped: tuple[SkippedFile, ...] = ()  # image files that could not be read
+    ignored: tuple[SkippedFile, ...] = ()  # files that are not images
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    n: int
+    positive: int
+    negative: int
+
+
+@dataclass(frozen=True)
+class Split:
+    method: str  # "grouped" (copy groups kept on one side) or "keras" (the thesis's file-for-file split)
+    val_split: float
+    seed: int
+    train: ClassCounts
+    validation: ClassCounts
+    validation_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    l2: float
+    dropout: float
+    dense_units: tuple[int, ...]
+    seed: int
+    optimizer: str = "Adam"
+    loss: str = "binary_crossentropy"
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    extracted: int
+    from_cache: int
+    cache: str | None
+    precision: str = "fp32"  # of the backbone when the features were extracted (older cards: fp32)
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    folds: int
+    method: str
+    seed: int
+    metrics: dict[str, Any]
+    thresholds: tuple[float, ...] = ()  # each fold's own, chosen on its training part
+
+
+@dataclass(frozen=True)
+class Copies:
+    """Copies of one scan in the training data (triage.labelled.copies) and where the split put them."""
+
+    method: str
+    groups: int
+    files_in_groups: int
+    validation_with_copy_in_training: int
+    validation_files_with_copy: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """Content hashes of the images the head was fitted on (no pixels), to recognise their copies later."""
+
+    sha256s: tuple[str, ...] = ()
+    fingerprints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything known about a trained model (``schema_version`` :data:`CARD_SCHEMA_VERSION`).
+
+    ``validation_metrics`` (and ``cross_validation.metrics``) hold what
+    :func:`triage.labelled.metrics.binary_metrics` returns: per metric a value, its 95%
+    interval and n.
+    """
+
+    model_id: str
+    tool_version: str
+    created_at: str
+    backbone: Backbone
+    cam_layer: str
+    image_size: int
+    threshold: float
+    threshold_rule: str
+    data: TrainingData
+    split: Split
+    hyperparameters: Hyperparameters
+    validation_metrics: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    cross_validation: CrossValidation | None = None
+    features: FeatureStats | None = None
+    threshold_source: str = "default"  # "default", "fixed" or "out-of-fold" (of the training part)
+    target_sensitivity: float | None = None
+    copies: Copies | None = None
+    validation_metrics_clean: dict[str, Any] | None = None  # keras split: validation without copies
+    training_images: TrainingImages = field(default_factory=TrainingImages)
+    preprocessing: str = ("decode as RGB, resize bilinear (no antialias, aspect not kept), "
+                          "vgg19 caffe preprocess_input inside the model")
+    model_file: str = MODEL_FILE
+    warning: str | None = None
+    schema_version: int = CARD_SCHEMA_VERSION
+
+    def metric(self, name: str) -> tuple[float, float, float, int] | None:
+        """A validation metric as (value, CI low, CI high, n), or None when it was not defined."""
+        found = self.validation_metrics.get(name) or {}
+        if found.get("value") is None:
+            return None
+        return (found["value"], found["ci_low"], found["ci_high"], found["n"])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def write_card(card: ModelCard, folder: Path) -> None:
+    atomic_write_text(folder / CARD_FILE, card.to_json())
+
+
+def read_card(folder: Path) -> ModelCard:
+    """The model card of a model folder.
+
+    Raises:
+        ModelError: the card is missing, unreadable, of another schema, or incomplete.
+    """
+    path = folder / CARD_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"Model folder {folder} has no {CARD_FILE}.") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Model card {path} cannot be read: {exc}.") from exc
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version not in READABLE_SCHEMAS:
+        raise ModelError(_schema_message(path, version))
+    try:
+        return _build(ModelCard, raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"Model card {path} is incomplete or malformed ({exc}): train the model "
+                         f"again with this version of triage.") from exc
+
+
+def _schema_message(path: Path, version: object) -> str:
+    if isinstance(version, int) and version > CARD_SCHEMA_VERSION:
+        return (f"Model card {path} has schema version {version}, newer than this triage reads "
+                f"({CARD_SCHEMA_VERSION}): upgrade triage to use this model.")
+    readable = " or ".join(str(v) for v in READABLE_SCHEMAS)
+    return (f"Model card {path} is not a triage model card of schema {readable} "
+            f"(schema_version {version!r}): train the model again with this version of triage.")
+
+
+def _build(cls: type, data: Any) -> Any:
+    """A dataclass from parsed JSON, recursing into nested records; missing fields raise KeyError."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in data:
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                raise KeyError(item.name)
+            continue
+        values[item.name] = _convert(hints[item.name], data[item.name])
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError("a required field is null")
+    kind = options[0]
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value)
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        return tuple(_build(element, v) if dataclasses.is_dataclass(element) else v for v in value)
+    if kind in (int, float, str, bool) and not isinstance(value, kind if kind is not float else (int, float)):
+        raise ValueError(f"{value!r} is not a {kind.__name__}")
+    return value

@@ -1,0 +1,339 @@
+"""Immutable scan results, and the two CSVs (rows and cases) that render from them.
+
+The CSV, the HTML/PDF report and ``run.json`` are all written from one
+:class:`ScanResult`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from triage.outputs.atomic import atomic_write_text
+
+# CSV statuses. `ok` rows carry a probability; every other status has a reason.
+OK = "ok"
+STATUSES: dict[str, str] = {
+    OK: "scored",
+    "skipped": "hidden or system file or folder (.DS_Store, Thumbs.db, dot-files, $RECYCLE.BIN), not read",
+    "unsupported": "not an image format triage reads",
+    "empty": "zero-byte file",
+    "unreadable": "an image format, but the file is corrupt or truncated",
+    "too_large": "refused as a possible decompression bomb (too many pixels)",
+    "link_outside": "a symbolic link to a file outside the input folder, not read",
+    "link_broken": "a symbolic link whose target does not exist, or a link loop",
+    "not_scanned": "the run was interrupted before this file was scored",
+    "error": "an unexpected error while scoring this file",
+}
+FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned"}
+
+CSV_COLUMNS = (
+    "path", "sha256", "status", "reason", "probability", "flagged",
+    "heatmap", "width", "height", "format", "model_id",
+    "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
+)
+CASE_CSV_COLUMNS = (
+    "case_id", "kind", "study_uid", "series_uid", "description", "modality", "n_images", "n_scored",
+    "score", "flagged", "top_path", "top_slice_index", "aggregate", "sort_method", "localizer",
+)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One row: a file found in the input folder, or one slice or frame of it; scored or not.
+
+    Attributes:
+        path: Path relative to the input folder, with ``/`` separators.
+        sha256: Hex digest of the file's bytes; ``None`` when it was never read.
+        status: ``ok`` or one of the error kinds in :data:`STATUSES`.
+        reason: Human reason for a non-``ok`` status; empty when ``ok``.
+        probability: Tumour probability in [0, 1]; ``None`` unless ``ok``.
+        flagged: ``probability >= threshold``.
+        heatmap: Grad-CAM overlay PNG, relative to the report's folder, if one was made.
+        original: Display copy of the decoded image (same size as the overlay),
+            relative to the report's folder; written beside every heat map.
+        width, height: Size of the decoded image in pixels (after EXIF rotation).
+        format: The decoded format (``JPEG``, ``PNG``, ``DICOM``, ...).
+        size: File size in bytes; ``mtime_ns``: modification time (for incremental runs).
+        new: True when scored in this run, False when carried over from the previous one.
+        case_id: The case (series, volume or loose image) the row belongs to; None for a
+            file that is no case (hidden, junk, not an image).
+        study_uid, series_uid: The DICOM study and series; None for other files.
+        slice_index: Position in its series or volume, 0..n-1; None for a loose image and
+            for a row that stands for a whole file that was not scored.
+        copy_of: The first path (in path order) of another file with the same bytes.
+        heatmap_note: Why a row that asked for a heat map has none.
+    """
+
+    path: str
+    status: str
+    sha256: str | None = None
+    reason: str = ""
+    probability: float | None = None
+    flagged: bool = False
+    heatmap: str | None = None
+    original: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    new: bool = True
+    case_id: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    slice_index: int | None = None
+    copy_of: str | None = None
+    heatmap_note: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        """What tells rows apart: the file, and the slice of it."""
+        return self.path, self.slice_index
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED_STATUSES
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """The facts about a model that a report and ``run.json`` show."""
+
+    id: str
+    path: str
+    sha256: str
+    version: str
+    threshold: float
+    image_size: int
+    backbone_weights: str
+    trained_on: str
+    trained_at: str
+    val_sensitivity: tuple[float, float, float, int] | None  # value, CI low, CI high, n
+    val_specificity: tuple[float, float, float, int] | None
+    val_images: int | None = None  # the validation set those two were measured on
+    val_split: str = ""  # how that set was split off: grouped or keras
+    threshold_source: str = "default"  # default, fixed or out-of-fold
+    device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
+    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
+
+    @property
+    def random_backbone(self) -> bool:
+        return self.backbone_weights == "random"
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """The verdict on one case: a DICOM series, a NIfTI volume or a loose image.
+
+    Attributes:
+        kind: ``image``, ``series`` or ``volume``.
+        n_images: Its rows (slices, frames or the one image); ``n_scored``: those ``ok``.
+        score: The case's score from its slices' probabilities (``aggregate``:
+            ``max`` or ``topk``); None when nothing was scored.
+        flagged: ``score >= threshold``.
+        top_path, top_slice_index: The slice with the highest probability.
+        sort_method: How the slices were ordered (``position``, ``instance_number``, ``file_name``).
+        localizer: A localizer: scored, but left out of its study's verdict.
+        status, reason: Why the case was not scored (``skipped``, ``unsupported``, ...); None when it was.
+        top: Its highest rows (at most ``--top-k``), highest first: the slices its card shows.
+        first_path: The path of its first slice.
+        copies: First paths of later cases with the same bytes, shown on this case's card.
+        copy_of: The case whose card shows this one (same bytes), if any.
+        new: Some row was scored in this run.
+    """
+
+    case_id: str
+    kind: str
+    n_images: int
+    n_scored: int
+    score: float | None
+    flagged: bool
+    aggregate: str
+    first_path: str
+    top_path: str | None = None
+    top_slice_index: int | None = None
+    study_uid: str = ""
+    series_uid: str = ""
+    description: str = ""
+    modality: str = ""
+    sort_method: str = ""
+    localizer: bool = False
+    status: str | None = None
+    reason: str = ""
+    top: tuple[CaseResult, ...] = ()
+    copies: tuple[str, ...] = ()
+    copy_of: str | None = None
+    new: bool = True
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A DICOM study's line: the highest score of its non-localizer cases."""
+
+    study_uid: str
+    score: float | None
+    flagged: bool
+    case_ids: tuple[str, ...]
+
+
+def image_summaries(cases: tuple[CaseResult, ...], threshold: float) -> tuple[CaseSummary, ...]:
+    """Each scored row as a loose image of its own (for results built without cases)."""
+    return tuple(
+        CaseSummary(case_id=row.path, kind="image", n_images=1, n_scored=1, score=row.probability,
+                    flagged=row.probability is not None and row.probability >= threshold, aggregate="max",
+                    first_path=row.path, top_path=row.path, top=(row,), new=row.new)
+        for row in cases if row.ok)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """A whole run: every row (file or slice), the cases and studies they form, the model, the run's facts.
+
+    ``case_summaries`` left empty means every scored row is a loose image of its own.
+    """
+
+    input_dir: str
+    cases: tuple[CaseResult, ...]
+    model: ModelSummary
+    threshold: float
+    cam_layer: str
+    explain: str
+    started_at: str
+    finished_at: str
+    seconds: float
+    interrupted: bool = False
+    removed_since_last: int = 0
+    incremental: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+    case_summaries: tuple[CaseSummary, ...] = ()
+    studies: tuple[StudySummary, ...] = ()
+    aggregate: str = "max"
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.case_summaries:
+            object.__setattr__(self, "case_summaries", image_summaries(self.cases, self.threshold))
+
+    def count(self, *statuses: str) -> int:
+        return sum(case.status in statuses for case in self.cases)
+
+    @property
+    def found(self) -> int:
+        return len(self.cases)
+
+    @property
+    def scored(self) -> int:
+        return self.count(OK)
+
+    @property
+    def failed(self) -> int:
+        return sum(case.failed for case in self.cases)
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def not_scanned(self) -> int:
+        return self.count("not_scanned")
+
+    @property
+    def flagged(self) -> tuple[CaseResult, ...]:
+        """Flagged rows, highest probability first (then by path, for a stable order)."""
+        hits = [c for c in self.cases if c.ok and c.flagged]
+        return tuple(sorted(hits, key=lambda c: (-(c.probability or 0.0), c.path)))
+
+    @property
+    def flagged_cases(self) -> tuple[CaseSummary, ...]:
+        """Flagged cases, highest score first (then by first path)."""
+        hits = [s for s in self.case_summaries if s.flagged]
+        return tuple(sorted(hits, key=lambda s: (-(s.score or 0.0), s.first_path, s.case_id)))
+
+    @property
+    def failures(self) -> tuple[CaseResult, ...]:
+        return tuple(c for c in self.cases if c.failed)
+
+    @property
+    def scored_this_run(self) -> int:
+        return sum(c.ok and c.new for c in self.cases)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored_this_run / self.seconds if self.seconds > 0 else 0.0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
+            "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
+            "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
+            "cases": len(self.case_summaries), "cases_flagged": len(self.flagged_cases),
+            "studies": len(self.studies), "studies_flagged": sum(s.flagged for s in self.studies),
+        }
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def csv_text(result: ScanResult) -> str:
+    """The CSV of a run: one row per file found, in the run's (path-sorted) order.
+
+    Lines end in ``\\r\\n`` (RFC 4180), so a field that holds a carriage return
+    or a line feed (a file name may) is quoted, and read back whole.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for case in result.cases:
+        writer.writerow([
+            case.path, _cell(case.sha256), case.status, case.reason,
+            _cell(case.probability), _cell(case.flagged) if case.ok else "",
+            _cell(case.heatmap), _cell(case.width), _cell(case.height), _cell(case.format),
+            result.model.id, _cell(case.case_id), _cell(case.study_uid), _cell(case.series_uid),
+            _cell(case.slice_index), _cell(case.copy_of), _cell(case.heatmap_note),
+        ])
+    return buffer.getvalue()
+
+
+def cases_csv_text(result: ScanResult) -> str:
+    """The cases CSV of a run: one row per case, in the run's (first path) order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CASE_CSV_COLUMNS)
+    for case in result.case_summaries:
+        writer.writerow([
+            case.case_id, case.kind, case.study_uid, case.series_uid, case.description, case.modality,
+            case.n_images, case.n_scored, _cell(case.score), _cell(case.flagged) if case.n_scored else "",
+            _cell(case.top_path), _cell(case.top_slice_index), case.aggregate, case.sort_method,
+            _cell(case.localizer),
+        ])
+    return buffer.getvalue()
+
+
+def write_csv(result: ScanResult, path: str | Path) -> None:
+    """Write the run's CSV atomically."""
+    atomic_write_text(path, csv_text(result))
+
+
+def write_cases_csv(result: ScanResult, path: str | Path) -> None:
+    """Write the run's cases CSV atomically."""
+    atomic_write_text(path, cases_csv_text(result))
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Read a CSV written by :func:`write_csv` back as a list of row dicts, each field exactly."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -1,0 +1,156 @@
+"""Scoring a folder: discover -> cases -> predict (one forward pass per batch) -> explain -> verdicts.
+
+This module knows nothing of where results are written; :mod:`triage.scan.run`
+owns the outputs (paths, lock, incremental state, manifest).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from triage.engine.heatmaps import HeatmapWriter
+from triage.engine.predictor import Stop
+from triage.engine.ray_data import RaySettings, require_ray
+from triage.errors import UsageError
+from triage.inputs.cases import AGGREGATES, GROUP_BY
+from triage.inputs.images import discover
+from triage.model.loading import InferenceModel, library_versions
+from triage.model.network import CAM_LAYER
+from triage.results.records import CaseResult, ScanResult
+from triage.scan.plan import Plan, case_fields, plan_scan, rows_in_path_order
+from triage.scan.scorer import CaseScorer, score_cases
+from triage.scan.verdicts import mark_copies, verdicts
+
+EXPLAIN_CHOICES = ("flagged", "all", "none")
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Settings of a scan; ``threshold`` None means the model card's threshold."""
+
+    threshold: float | None = None
+    explain: str = "flagged"
+    batch_size: int = 16
+    cam_layer: str = CAM_LAYER
+    device: str = "auto"  # auto | cpu | gpu
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, see triage.model.network.choose_precision
+    group_by: str = "auto"  # auto: a series or volume is a case; file: every file and frame is one
+    aggregate: str = "max"  # a case's score: max, or topk (the mean of its top_k highest slices)
+    top_k: int = 3  # slices in a topk score, and slices of a flagged case that get heat maps
+    modalities: tuple[str, ...] = ("MR",)  # DICOM modalities that are scored
+    engine: str = "local"  # local: this process; ray: Ray Data (see ray)
+    ray: RaySettings = RaySettings()  # where and how wide the ray engine runs
+
+    def validate(self) -> None:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise UsageError(f"The threshold must be in [0, 1], got {self.threshold}.", option="threshold")
+        if self.explain not in EXPLAIN_CHOICES:
+            raise UsageError(f"Explain must be one of {', '.join(EXPLAIN_CHOICES)}.", option="explain")
+        if self.batch_size < 1:
+            raise UsageError(f"The batch size must be at least 1, got {self.batch_size}.",
+                             option="batch_size")
+        if self.group_by not in GROUP_BY:
+            raise UsageError(f"Group by must be one of {', '.join(GROUP_BY)}.", option="group_by")
+        if self.aggregate not in AGGREGATES:
+            raise UsageError(f"The aggregate must be one of {', '.join(AGGREGATES)}.", option="aggregate")
+        if self.top_k < 1:
+            raise UsageError(f"Top k must be at least 1, got {self.top_k}.", option="top_k")
+        if self.engine not in ENGINES:
+            raise UsageError(f"The engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.",
+                             option="engine")
+        if self.engine == "ray":
+            self.ray.validate()
+            require_ray()
+        if not self.modalities or not all(m.isalnum() for m in self.modalities):
+            raise UsageError(f"Modalities must be DICOM modality codes such as MR or CT, got "
+                             f"{','.join(self.modalities) or 'none'}.", option="modality")
+
+
+def scan_folder(
+    input_dir: Path, model: InferenceModel, options: ScanOptions, *,
+    heatmap_dir: Path | None, report_dir: Path,
+    reuse: dict[str, list[CaseResult]] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_found: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScanResult:
+    """Score every image, series and volume under ``input_dir`` and explain the flagged ones.
+
+    Args:
+        input_dir: Folder to scan (recursively).
+        model: The model, from :func:`triage.model.loading.load_for_inference`.
+        options: Threshold, explain mode, batch size, cases and their scores.
+        heatmap_dir: Where overlay PNGs go (None: make no heat maps).
+        report_dir: Folder the report lives in; image paths are relative to it.
+        reuse: Rows of a previous run by path; a case keeps them when none of its files changed.
+        should_stop: Polled between batches; True stops the scan, the rest are ``not_scanned``.
+        on_found: Called once with the number of rows (images and slices) the run will have.
+        progress: Called with the number of rows just handled.
+
+    Returns:
+        The run's results: one row per image or slice, in path order; the cases and studies.
+
+    Raises:
+        UsageError: ``input_dir`` is not a folder.
+    """
+    options.validate()
+    started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    threshold = model.summary.threshold if options.threshold is None else options.threshold
+    found = list(discover(Path(input_dir)))
+    plan = plan_scan(found, reuse or {}, report_dir, group_by=options.group_by, modalities=options.modalities)
+    if on_found:
+        on_found(plan.total)
+    if progress and plan.rows:
+        progress(len(plan.rows))
+    stop = Stop(should_stop)
+    writer = _heatmap_writer(heatmap_dir, report_dir, model, options)
+    scorer = CaseScorer(model, explain=options.explain, threshold=threshold, aggregate=options.aggregate,
+                        top_k=options.top_k, writer=writer, files={item.relpath: item for item in found},
+                        rows=plan.rows, batch_size=options.batch_size)
+    try:
+        score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=progress,
+                    ray=options.ray if options.engine == "ray" else None)
+    finally:
+        if writer:
+            writer.close()
+    return _collect(Path(input_dir), plan, model, options, threshold, stop.asked, reuse or {},
+                    started, time.perf_counter() - clock)
+
+
+def _heatmap_writer(heatmap_dir: Path | None, report_dir: Path, model: InferenceModel,
+                    options: ScanOptions) -> HeatmapWriter | None:
+    if heatmap_dir is None or options.explain == "none":
+        return None
+    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    return HeatmapWriter(heatmap_dir, report_dir, model.summary.sha256[:8])
+
+
+def _collect(input_dir: Path, plan: Plan, model: InferenceModel, options: ScanOptions, threshold: float,
+             interrupted: bool, reuse: dict[str, list[CaseResult]], started: dt.datetime,
+             seconds: float) -> ScanResult:
+    """Rows in path order (what a stop left unscored ``not_scanned``), copies marked, verdicts."""
+    for case in plan.to_score:
+        for slice_ in case.slices:
+            plan.rows.setdefault((slice_.relpath, slice_.slice_index), CaseResult(
+                slice_.relpath, "not_scanned", reason="the run was interrupted before this file",
+                **case_fields(case, slice_.slice_index)))
+    rows = mark_copies(rows_in_path_order(plan.rows, plan.found))
+    summaries, studies = verdicts(plan.cases, rows, threshold, options.aggregate, options.top_k)
+    return ScanResult(
+        input_dir=str(input_dir.resolve()),
+        cases=tuple(rows), case_summaries=tuple(summaries), studies=studies,
+        aggregate=options.aggregate, top_k=options.top_k,
+        model=model.summary, threshold=threshold, cam_layer=options.cam_layer,
+        explain=options.explain,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        seconds=seconds, interrupted=interrupted,
+        removed_since_last=len(set(reuse) - {item.relpath for item in plan.found}),
+        incremental=bool(reuse),
+        versions=library_versions(),
+    )

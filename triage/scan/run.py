@@ -1,0 +1,312 @@
+"""One scan run with its outputs: lock, incremental state, CSV, HTML/PDF, ``run.json``.
+
+Every output is written to a temporary file and renamed, in an order that
+keeps the previous outputs readable whatever moment the run is killed at:
+heat maps (new names) -> CSV -> cases CSV -> HTML -> PDF -> state -> ``run.json`` (last)
+-> removal of heat maps nothing refers to any more. Temporary files a killed
+run left are removed by the next run, under the lock.
+
+A stop asked for (SIGINT/SIGTERM) while waiting for the lock or loading the
+model leaves every output as it was; once scanning has begun, the run stops
+after the current batch and writes everything, the rest ``not_scanned``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from triage.errors import OutputError, Stopped, UsageError
+from triage.model.loading import InferenceModel, find_model, load_for_inference
+from triage.outputs.atomic import atomic_write_text
+from triage.outputs.lock import OutputLock
+from triage.results.records import ScanResult, write_cases_csv, write_csv
+from triage.scan.folder import ScanOptions, scan_folder
+from triage.scan.state import load_state, scan_settings, write_state
+
+log = logging.getLogger(__name__)
+RUN_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where a run writes; all beside the report, named after its stem."""
+
+    html: Path
+    pdf: Path | None
+    csv: Path
+    cases_csv: Path
+    heatmaps: Path
+    run_json: Path
+    state: Path
+    lock: Path
+
+    @property
+    def locks(self) -> list[Path]:
+        """One lock per folder the run writes in, in a fixed order (so two runs never deadlock)."""
+        folders = {self.lock.parent.resolve(), self.csv.parent.resolve()}
+        return sorted(folder / self.lock.name for folder in folders)
+
+    def written(self) -> list[tuple[str, str, Path]]:
+        """(what, the setting that names it, path) of everything the run writes."""
+        found = [("the HTML report", "out", self.html), ("the PDF report", "out", self.pdf),
+                 ("the CSV", "csv", self.csv), ("the cases CSV", "csv", self.cases_csv),
+                 ("the heat-map folder", "out", self.heatmaps),
+                 ("run.json", "out", self.run_json), ("the state file", "out", self.state)]
+        found += [("a lock file", "out", lock) for lock in self.locks]
+        return [(what, option, path) for what, option, path in found if path is not None]
+
+    @classmethod
+    def for_report(cls, out: Path, csv: Path | None = None) -> "OutputPaths":
+        """``report.pdf`` -> report.pdf + report.html; ``report.html`` -> HTML only.
+
+        Raises:
+            UsageError: ``out`` is neither ``.pdf`` nor ``.html``.
+        """
+        out = Path(out)
+        suffix = out.suffix.lower()
+        if suffix not in (".pdf", ".html", ".htm"):
+            raise UsageError(f"The report must end in .pdf or .html, got {out.name!r}.", option="out")
+        if out.is_dir():
+            raise UsageError(f"The report {out} is a folder; give a file name such as "
+                             f"{out / 'report.pdf'}.", option="out")
+        base = out.with_suffix("")
+        csv = Path(csv) if csv else base.with_suffix(".csv")
+        return cls(
+            html=out if suffix != ".pdf" else base.with_suffix(".html"),
+            pdf=out if suffix == ".pdf" else None,
+            csv=csv,
+            cases_csv=csv.with_name(f"{csv.stem}_cases{csv.suffix}"),
+            heatmaps=base.parent / f"{base.name}_heatmaps",
+            run_json=out.parent / "run.json",
+            state=out.parent / f".{base.name}.state.json",
+            # One lock per folder: every report there shares its run.json.
+            lock=out.parent / ".triage.lock",
+        )
+
+
+def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
+    """The content of ``run.json``."""
+    model = result.model
+    return {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "versions": result.versions,
+        "input_dir": result.input_dir,
+        "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
+                  "backbone_weights": model.backbone_weights, "image_size": model.image_size},
+        "threshold": result.threshold,
+        "precision": model.precision,
+        "device": model.device,
+        "cam_layer": result.cam_layer,
+        "explain": result.explain,
+        "counts": result.counts(),
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 3),
+        "interrupted": result.interrupted,
+        "incremental": result.incremental,
+        "aggregate": result.aggregate,
+        "top_k": result.top_k,
+        "outputs": {"csv": paths.csv.name, "cases_csv": paths.cases_csv.name, "html": paths.html.name,
+                    "pdf": paths.pdf.name if paths.pdf else None, "heatmaps": paths.heatmaps.name},
+    }
+
+
+def _remove_unreferenced(result: ScanResult, paths: OutputPaths) -> None:
+    if not paths.heatmaps.is_dir():
+        return
+    keep = {Path(name).name for c in result.cases for name in (c.heatmap, c.original) if name}
+    for path in paths.heatmaps.iterdir():
+        if path.is_file() and path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def _remove_stray_temporaries(paths: OutputPaths) -> None:
+    """Delete the temporary files a killed run of these outputs left (``.report.csv.XXXX.tmp``).
+
+    Called under the lock, so no live run of these outputs is writing them.
+    """
+    for final in (paths.csv, paths.cases_csv, paths.html, paths.pdf, paths.state, paths.run_json):
+        if final is not None and final.parent.is_dir():
+            for stray in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stray.unlink()
+
+
+def run_scan(
+    input_dir: Path, out: Path, *, csv: Path | None = None, model: str | Path | None = None,
+    options: ScanOptions = ScanOptions(), max_report_cases: int = 200, full: bool = False,
+    wait: float = 0.0, log_file: Path | None = None, should_stop: Callable[[], bool] = lambda: False,
+    on_phase: Callable[[str], None] = lambda phase: None,
+    on_found: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
+) -> tuple[ScanResult, OutputPaths]:
+    """Scan a folder and write every output, incrementally when the previous run allows.
+
+    Args:
+        input_dir: Folder to scan.
+        out: Report path (``.pdf`` for PDF + HTML, ``.html`` for HTML only).
+        csv: CSV path; default beside the report with the same stem.
+        model: Model folder; default ``$TRIAGE_MODEL`` or the newest under ``models/``.
+        options: Scan settings.
+        max_report_cases: Flagged cases in the PDF at most (the HTML holds all).
+        full: Rescan everything even when the previous run's rows could be reused.
+        wait: Seconds to wait for another run holding the same outputs.
+        log_file: The run's log file, checked against the other paths like an output.
+        should_stop: Polled between batches (SIGINT/SIGTERM).
+        on_phase: Told ``"scanning"``, ``"writing"`` (the outputs are being replaced:
+            from here on all of them become this run's) and ``"written"``.
+        on_found, progress: Progress callbacks, see :func:`triage.scan.folder.scan_folder`.
+
+    Returns:
+        The result and where it was written.
+
+    Raises:
+        UsageError, ModelError, LockHeld, OutputError: see :mod:`triage.errors`.
+        Stopped: ``should_stop`` said stop before scanning began; no output was changed.
+    """
+    input_dir = Path(input_dir)
+    try:
+        paths, folder = _check_request(input_dir, out, csv, model, options, max_report_cases, log_file)
+        with contextlib.ExitStack() as locks:
+            for lock in paths.locks:
+                locks.enter_context(OutputLock(lock, wait, should_stop=should_stop))
+            return _locked_run(input_dir, paths, folder, options, max_report_cases, full, should_stop,
+                               on_phase, on_found, progress), paths
+    except OSError as error:
+        raise OutputError(_output_failure(error)) from error
+
+
+def _locked_run(input_dir: Path, paths: OutputPaths, folder: Path, options: ScanOptions,
+                max_report_cases: int, full: bool, should_stop: Callable[[], bool],
+                on_phase: Callable[[str], None], on_found: Callable[[int], None] | None,
+                progress: Callable[[int], None] | None) -> ScanResult:
+    _remove_stray_temporaries(paths)
+    with _engine(options) as ray:
+        loaded = _load(folder, options, ray)
+        threshold = loaded.summary.threshold if options.threshold is None else options.threshold
+        settings = scan_settings(loaded, options, input_dir, threshold)
+        reuse = _previous_rows(paths, settings, full)
+        if should_stop():
+            raise Stopped("the scan had not begun; no output was changed")
+        on_phase("scanning")
+        result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
+                             report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
+                             on_found=on_found, progress=progress)
+    on_phase("writing")
+    write_outputs(result, paths, settings, max_report_cases)
+    on_phase("written")
+    return result
+
+
+def _engine(options: ScanOptions) -> contextlib.AbstractContextManager[Any]:
+    """Ray for the ray engine (joined, or started and stopped for this run); nothing locally."""
+    if options.engine != "ray":
+        return contextlib.nullcontext()
+    from triage.engine.ray_data import RaySession
+
+    return RaySession(options.ray)
+
+
+def _load(folder: Path, options: ScanOptions, ray: Any) -> InferenceModel:
+    """The model, with the device and precision of the run's forward pass in its summary.
+
+    On Ray the actors run the forward pass: the driver loads its copy on the CPU
+    (leaving the GPUs to the actors) and records what the actors run.
+    """
+    if ray is None:
+        return load_for_inference(folder, options.device, options.cam_layer, options.precision)
+    device, precision = ray.resolve(options.device, options.precision)
+    loaded = load_for_inference(folder, "cpu", options.cam_layer, "fp32")
+    return dataclasses.replace(loaded, summary=dataclasses.replace(loaded.summary, device=device,
+                                                                   precision=precision))
+
+
+def _output_failure(error: OSError) -> str:
+    """One sentence for an output the file system refused (read-only, full, name too long, ...)."""
+    where = error.filename if error.filename else "an output"
+    return (f"Cannot write {where}: {error.strerror or error}; the previous outputs are unchanged, "
+            f"or all of them are this run's.")
+
+
+def _check_request(input_dir: Path, out: Path, csv: Path | None, model: str | Path | None,
+                   options: ScanOptions, max_report_cases: int,
+                   log_file: Path | None) -> tuple[OutputPaths, Path]:
+    """Everything that can be checked before the lock is taken; returns the paths and the model folder.
+
+    Raises:
+        UsageError: a bad setting, a missing input folder, or outputs that clash.
+        ModelError: no model.
+    """
+    options.validate()
+    if max_report_cases < 1:
+        raise UsageError(f"The PDF must show at least 1 case, got {max_report_cases}.",
+                         option="max_report_cases")
+    if not input_dir.is_dir():
+        raise UsageError(f"Input folder {input_dir} does not exist or is not a folder.")
+    paths = OutputPaths.for_report(out, csv)
+    folder = find_model(model)
+    check_writes(paths.written() + ([("the log file", "log_file", log_file)] if log_file else []),
+                 input_dir, folder)
+    return paths, folder
+
+
+def check_writes(written: list[tuple[str, str, Path]], input_dir: Path, model_folder: Path | None) -> None:
+    """No path the run writes lies in the input or the model folder, or on another output.
+
+    Raises:
+        UsageError: one sentence naming the first clash.
+    """
+    protected = [("the input folder", input_dir.resolve())]
+    if model_folder is not None:
+        protected.append(("the model folder", model_folder.resolve()))
+    resolved = [(what, option, path, path.resolve()) for what, option, path in written]
+    for what, option, path, real in resolved:
+        for name, folder in protected:
+            if real.is_relative_to(folder):
+                raise UsageError(f"{_sentence(what)} {path} would be written inside {name} {folder}.",
+                                 option=option)
+        if real.exists() and real.is_dir() and what != "the heat-map folder":
+            raise UsageError(f"{_sentence(what)} {path} is a folder.", option=option)
+    for i, (what, option, path, real) in enumerate(resolved):
+        for other, other_option, _, other_real in resolved[i + 1:]:
+            if real == other_real or real.is_relative_to(other_real) or other_real.is_relative_to(real):
+                blamed = other_option if option == "out" else option  # the path named on its own
+                raise UsageError(f"{_sentence(what)} and {other} would both be written at {path}.",
+                                 option=blamed)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> dict[str, Any]:
+    if full:
+        log.info("full rescan asked for: scanning everything")
+        return {}
+    reuse = load_state(paths.state, settings, paths.heatmaps.name)
+    if reuse:
+        log.info("incremental: %d rows of the previous run may be reused", sum(map(len, reuse.values())))
+    return reuse
+
+
+def write_outputs(result: ScanResult, paths: OutputPaths, settings: dict[str, Any],
+                  max_report_cases: int) -> None:
+    """CSV -> cases CSV -> HTML -> PDF -> state -> ``run.json`` (last) -> unreferenced heat maps removed."""
+    from triage.report.rendering import draw_figures, write_html, write_pdf
+
+    write_csv(result, paths.csv)
+    write_cases_csv(result, paths.cases_csv)
+    figures = draw_figures(result)  # the PDF's cases are the HTML's first ones
+    write_html(result, paths.html, figures)
+    if paths.pdf:
+        write_pdf(result, paths.pdf, max_cases=max_report_cases, figures=figures)
+    write_state(paths.state, result, settings)
+    atomic_write_text(paths.run_json, json.dumps(run_facts(result, paths), indent=2) + "\n")
+    _remove_unreferenced(result, paths)

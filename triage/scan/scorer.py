@@ -1,0 +1,255 @@
+"""Cases scored through the one batched predictor, and Grad-CAM for the slices a report shows.
+
+The predictor's items are the slices of the cases to score, case after case. A
+forward pass gives each slice its probability and its activations at the CAM
+layer. While a case is in flight it keeps the activations and display copies
+of its ``top_k`` highest slices only; once its last slice is in, its score
+decides whether those slices get heat maps (``explain="flagged"``; a loose
+image is a case of one slice). ``"all"`` explains every slice, ``"none"`` none.
+Heat maps are computed for a batch of slices per Grad-CAM call (:class:`CamQueue`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from triage.engine.gradcam import NOT_FINITE, usable
+from triage.engine.heatmaps import HeatmapWriter
+from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
+from triage.engine.ray_data import RaySettings, model_spec, ray_predict
+from triage.hashing import sha256_file
+from triage.inputs.cases import Case, Slice, case_score, decode_slice
+from triage.inputs.images import FoundFile
+from triage.model.loading import InferenceModel
+from triage.results.records import CaseResult
+from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
+from triage.scan.verdicts import slice_rank
+
+FORMATS = {"series": "DICOM", "volume": "NIfTI"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One slice to score, with its case."""
+
+    case: Case
+    slice: Slice
+
+
+@dataclass(frozen=True, eq=False)
+class Kept:
+    """A scored slice that may get a heat map: its row, display copy and activations."""
+
+    row: CaseResult
+    image: ScanImage
+    activation: np.ndarray
+
+
+class FileDigests:
+    """The sha256 of files read slice by slice: each hashed once, however many of its slices decode."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._digests: OrderedDict[Path, Future[str]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"keep": self.keep}  # a copy sent to another process starts empty
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["keep"])  # type: ignore[misc]
+
+    def get(self, path: Path) -> str:
+        with self._lock:
+            future = self._digests.get(path)
+            mine = future is None
+            if future is None:
+                future = self._digests[path] = Future()
+                while len(self._digests) > self.keep:
+                    self._digests.popitem(last=False)
+        if mine:
+            try:
+                future.set_result(sha256_file(path))
+            except Exception as err:
+                future.set_exception(err)
+        return future.result()
+
+
+class CamQueue:
+    """Slices waiting for heat maps; ``size`` of them at a time go through one Grad-CAM call."""
+
+    def __init__(self, model: InferenceModel, writer: HeatmapWriter, rows: dict[RowKey, CaseResult],
+                 size: int) -> None:
+        self.model, self.writer, self.rows, self.size = model, writer, rows, size
+        self.pending: list[Kept] = []
+
+    def add(self, kept: Kept) -> None:
+        self.pending.append(kept)
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Heat maps for the pending slices; a map that is not finite leaves its row without one, noted."""
+        if not self.pending:
+            return
+        kept_arrays = np.stack([kept.activation for kept in self.pending])
+        # Activations (local engine) or maps an actor already made from them (Ray engine).
+        maps = self.model.gradcam.heatmaps(kept_arrays) if kept_arrays.ndim == 4 else kept_arrays
+        for kept, cam in zip(self.pending, maps):
+            key = kept.row.key
+            if usable(cam):
+                part = "" if kept.row.slice_index is None else f"-{kept.row.slice_index}"
+                heatmap, original = self.writer.submit(kept.image.sha256, kept.image.display, cam, part)
+                self.rows[key] = replace(self.rows[key], heatmap=heatmap, original=original)
+            else:
+                self.rows[key] = replace(self.rows[key], heatmap_note=NOT_FINITE)
+        self.pending = []
+
+
+@dataclass
+class InFlight:
+    """A case being scored: slices still to come, probabilities so far, its highest slices."""
+
+    remaining: int
+    top_k: int
+    probabilities: list[float] = field(default_factory=list)
+    top: list[Kept] = field(default_factory=list)
+
+    def offer(self, row: CaseResult, image: ScanImage, activation: np.ndarray) -> None:
+        """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
+        if len(self.top) == self.top_k and slice_rank(row) >= slice_rank(self.top[-1].row):
+            return
+        self.top.append(Kept(row, image, np.array(activation)))
+        self.top.sort(key=lambda kept: slice_rank(kept.row))
+        del self.top[self.top_k:]
+
+
+class SliceDecoder:
+    """Decodes a job for the model: a loose image as ever (file hash, display copy), a slice with
+    its case's window. Picklable, so the Ray engine's decode tasks run the very same code."""
+
+    def __init__(self, image_size: int, display: bool = True) -> None:
+        self.image_size = image_size
+        self.display = display  # keep display copies (for heat maps)
+        self.digests = FileDigests()
+
+    def __call__(self, job: Job) -> Decoded:
+        if job.case.kind == "image":
+            return decode_image(job.slice.path, self.image_size, self.display)
+        digest = self.digests.get(job.slice.path)
+        return decode_pixels(lambda: decode_slice(job.slice, job.case), _slice_cost(job), digest,
+                             FORMATS[job.case.kind], self.image_size, self.display)
+
+
+class CaseScorer:
+    """Turns the predictor's outcomes into rows, and asks for heat maps as cases complete.
+
+    Args:
+        model: The model.
+        explain: ``flagged``, ``all`` or ``none``.
+        threshold: Flags a slice's row and a case.
+        aggregate, top_k: A case's score (:func:`triage.inputs.cases.case_score`); ``top_k``
+            is also how many slices of a flagged case get heat maps.
+        writer: Writes heat maps (None: none are made).
+        files: discover()'s rows by path (size and mtime of each row).
+        rows: Where rows go, by key.
+        batch_size: Slices per Grad-CAM call.
+    """
+
+    def __init__(self, model: InferenceModel, *, explain: str, threshold: float, aggregate: str, top_k: int,
+                 writer: HeatmapWriter | None, files: dict[str, FoundFile], rows: dict[RowKey, CaseResult],
+                 batch_size: int) -> None:
+        self.model, self.explain, self.threshold = model, explain, threshold
+        self.aggregate, self.top_k = aggregate, top_k
+        self.files, self.rows = files, rows
+        self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
+        self.decode = SliceDecoder(model.image_size, display=writer is not None)
+        self.in_flight: dict[str, InFlight] = {}
+
+    def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None]]:
+        """Each row's probability and, when heat maps may be made, its activations."""
+        activations, probabilities = self.model.predict(batch)
+        kept = np.asarray(activations) if self.cams is not None else None
+        return [(float(p), None if kept is None else kept[row]) for row, p in enumerate(probabilities[:n])]
+
+    def take(self, outcome: Outcome[Job]) -> None:
+        """Record a slice's row; finish its case when it was the last."""
+        job = outcome.item
+        row = self._row(outcome)
+        self.rows[row.key] = row
+        flight = self.in_flight.setdefault(job.case.case_id, InFlight(len(job.case.slices), self.top_k))
+        flight.remaining -= 1
+        if row.ok and row.probability is not None:
+            flight.probabilities.append(row.probability)
+            if self.cams is not None:
+                image, activation = outcome.extra, outcome.output[1]
+                if self.explain == "all":
+                    self.cams.add(Kept(row, image, np.array(activation)))
+                else:
+                    flight.offer(row, image, activation)
+        if flight.remaining == 0:
+            self._finish(job.case.case_id)
+
+    def close(self) -> None:
+        """Finish the cases a stop left part-scored, and the heat maps still queued."""
+        for case_id in list(self.in_flight):
+            self._finish(case_id)
+        if self.cams is not None:
+            self.cams.flush()
+
+    def _finish(self, case_id: str) -> None:
+        flight = self.in_flight.pop(case_id)
+        if self.cams is None or self.explain != "flagged" or not flight.probabilities:
+            return
+        if case_score(flight.probabilities, self.aggregate, self.top_k) >= self.threshold:
+            for kept in flight.top:
+                self.cams.add(kept)
+
+    def _row(self, outcome: Outcome[Job]) -> CaseResult:
+        job = outcome.item
+        item = self.files[job.slice.relpath]
+        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(job.case, job.slice.slice_index))
+        failure = outcome.failure
+        if failure is not None:
+            if job.case.kind == "image" and failure.status in NOT_IMAGES:
+                fields["case_id"] = None  # no image at all: no case
+            return CaseResult(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
+                              **fields)
+        probability = outcome.output[0]
+        image: ScanImage = outcome.extra
+        return CaseResult(item.relpath, "ok", sha256=image.sha256, probability=probability,
+                          flagged=probability >= self.threshold, width=image.width, height=image.height,
+                          format=image.format, **fields)
+
+
+def _slice_cost(job: Job) -> int:
+    """Bytes decoding a slice may hold: four times its share of its file."""
+    shared = len(job.case.slices) if job.case.kind == "volume" or job.slice.frame is not None else 1
+    return 4 * os.stat(job.slice.path).st_size // shared
+
+
+def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
+                progress: Callable[[int], None] | None, ray: RaySettings | None = None) -> None:
+    """Score the slices of ``plan.to_score`` in one stream of full batches; rows go into ``scorer.rows``.
+
+    Locally through :func:`triage.engine.predictor.predict`, or on Ray Data (``ray``) through
+    :func:`triage.engine.ray_data.ray_predict`: the same jobs, decoder and outcomes.
+    """
+    jobs: Sequence[Job] = [Job(case, slice_) for case in plan.to_score for slice_ in case.slices]
+    if ray is None:
+        outcomes = predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
+                           progress=progress)
+    else:
+        outcomes = ray_predict(jobs, scorer.decode, model_spec(scorer.model),
+                               batch_size=batch_size, settings=ray, stop=stop, progress=progress)
+    for outcome in outcomes:
+        scorer.take(outcome)
+    scorer.close()

@@ -1,0 +1,40 @@
+"""Every choice list and default of the commands, in one place.
+
+The click options, :class:`triage.train.config.TrainConfig`,
+:class:`triage.model.network.HeadConfig` and :class:`triage.scan.folder.ScanOptions`
+read these, so a default or a choice is written once. The training defaults
+reproduce the thesis's recipe.
+"""
+
+from __future__ import annotations
+
+# Choices, the first of each being the default.
+DEVICES = ("auto", "cpu", "gpu")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EXPLAIN = ("flagged", "all", "none")
+ENGINES = ("local", "ray")
+GROUP_BY = ("auto", "file")
+AGGREGATES = ("max", "topk")
+SPLITS = ("grouped", "keras")  # grouped: copies of one scan on one side; keras: the thesis's split
+
+# Training (the thesis's recipe; the L2 factor is cut off there, Keras's l2() default is 0.01).
+EPOCHS = 30
+IMAGE_SIZE = 256
+MIN_IMAGE_SIZE = 32
+TRAIN_BATCH_SIZE = 32
+VAL_SPLIT = 0.2
+SEED = 1337
+LEARNING_RATE = 1e-3
+L2 = 0.01
+DROPOUT = 0.35
+DENSE_UNITS = (128, 64)
+THRESHOLD = 0.5
+POSITIVE_CLASS = "yes"
+BACKBONE_WEIGHTS = "imagenet"
+
+# Scanning and evaluation.
+SCAN_BATCH_SIZE = 16
+TOP_K = 3
+MAX_REPORT_CASES = 200
+MODALITIES = "MR"
+WORKERS = 1

@@ -1,0 +1,241 @@
+"""Training: the thesis's recipe on kept backbone features, then the whole model saved.
+
+The backbone is frozen, so it runs once per image (:mod:`triage.train.features`);
+the head trains on the pooled features for every epoch, fold and threshold
+choice; the saved model is backbone + trained head in one network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from triage import __version__
+from triage.errors import UsageError
+from triage.labelled.dataset import LabelledSet, index_labelled, split
+from triage.labelled.metrics import binary_metrics
+from triage.model.card import (
+    CURVES_FILE,
+    MODEL_FILE,
+    RANDOM_WARNING,
+    Backbone,
+    ClassCounts,
+    ClassNames,
+    CrossValidation,
+    FeatureStats,
+    Hyperparameters,
+    ModelCard,
+    SkippedFile,
+    Split,
+    TrainingData,
+    TrainingImages,
+    models_root,
+    write_card,
+)
+from triage.model.network import (
+    CAM_LAYER,
+    BackboneWeights,
+    HeadConfig,
+    choose_precision,
+    gpu_available,
+    resolve_backbone_weights,
+)
+from triage.train.config import TrainConfig
+from triage.train.features import FeatureCache, Features, cache_key, default_cache_dir, extract_features
+from triage.train.head import fit_head, predict_head
+from triage.train.splits import SplitRows, copies_record, split_rows
+from triage.train.validation import Threshold, choose_threshold, cross_validate, subset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    card: ModelCard
+
+
+def _fingerprint(items: list[tuple[str, str, int]]) -> str:
+    digest = hashlib.sha256()
+    for relpath, sha, label in sorted(items):
+        digest.update(f"{relpath}\0{sha}\0{label}\n".encode())
+    return digest.hexdigest()
+
+
+def _class_counts(labels: np.ndarray) -> ClassCounts:
+    positive = int(labels.sum())
+    return ClassCounts(n=int(len(labels)), positive=positive, negative=int(len(labels)) - positive)
+
+
+def new_model_dir(parent: Path) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return parent / f"vgg19-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig = TrainConfig(), *,
+                should_stop: Callable[[], bool] = lambda: False,
+                progress: Callable[[int], None] | None = None,
+                on_start: Callable[[int], None] | None = None,
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train the classifier on a labelled folder and write the model folder.
+
+    Args:
+        data_dir: One sub-folder per class (``config.positive`` = tumour).
+        out_dir: Model folder to create (must not exist or be empty); default a
+            new folder under :func:`triage.model.card.models_root`.
+        config: The run's settings.
+        should_stop: Polled between batches and epochs; True stops with no model written.
+        progress: Called with the number of images just handled during feature extraction.
+        on_start: Called once with the number of images to extract.
+        on_epoch: Called after each epoch with its number and logs.
+
+    Returns:
+        The model folder and its card.
+
+    Raises:
+        DataError: the folder is unusable.
+        UsageError: bad settings or an output folder that is not empty.
+        WeightsUnavailable: the backbone weights cannot be had.
+        Stopped: a stop was asked for; no model folder was written.
+    """
+    config.validate()
+    on_gpu = gpu_available()
+    config = replace(config, precision=choose_precision(config.precision, on_gpu))
+    started = dt.datetime.now(dt.timezone.utc)
+    out_dir = Path(out_dir) if out_dir else new_model_dir(models_root())
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"Output folder {out_dir} exists and is not empty.", option="out")
+    labelled = index_labelled(Path(data_dir), config.positive, config.seed)
+    split(labelled.files, config.val_split)  # fails early on an empty side
+    weights = resolve_backbone_weights(config.backbone_weights, seed=config.seed)
+
+    from triage.model.network import assemble, build_backbone, feature_extractor, with_precision
+
+    extractor = feature_extractor(build_backbone(config.image_size, weights))
+    key = cache_key(weights, config.image_size, config.precision, "gpu" if on_gpu else "cpu")
+    cache = FeatureCache(config.cache_dir or default_cache_dir(), key) if config.cache else None
+    if on_start:
+        on_start(len(labelled.files))
+    # The saved model stays float32; only the extraction runs at the chosen precision.
+    running = with_precision(extractor, config.precision)
+    extracted = extract_features([f.path for f in labelled.files], running, config.image_size,
+                                 batch_size=config.batch_size, cache=cache, should_stop=should_stop,
+                                 progress=progress)
+    for i, status, reason in extracted.failed:
+        log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
+    rows = split_rows(labelled, extracted, config.split, config.val_split, config.seed)
+    head, history, metrics = _fit_and_measure(extracted, rows, config, on_epoch, should_stop)
+    card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
+                       metrics, cache)
+    _write_model_folder(out_dir, assemble(extractor, head), card)
+    return TrainResult(out_dir, card)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What training measured: the threshold and the metrics the card reports."""
+
+    threshold: Threshold
+    validation: dict[str, Any]
+    validation_clean: dict[str, Any] | None
+    cross_validation: CrossValidation | None
+
+
+def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
+                     on_epoch: Callable[[int, dict[str, float]], None] | None,
+                     should_stop: Callable[[], bool]) -> tuple[Any, dict[str, list[float]], Measured]:
+    """Fit the head on the training rows, choose the threshold there, measure on validation."""
+    x, y = extracted.vectors, rows.labels
+    head, history = fit_head(x[rows.train], y[rows.train], config, (x[rows.val], y[rows.val]), on_epoch,
+                             should_stop)
+    threshold = choose_threshold(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
+    probability = np.zeros(len(y))
+    probability[rows.val] = predict_head(head, x[rows.val])
+
+    def measure(subset_rows: np.ndarray) -> dict[str, Any]:
+        return binary_metrics(y[subset_rows], probability[subset_rows], threshold.value, seed=config.seed)
+
+    clean = measure(rows.val_without_copy) if config.split == "keras" else None
+    folds = cross_validate(x, y, rows.copies, config) if config.folds else None
+    return head, history, Measured(threshold, measure(rows.val), clean, folds)
+
+
+def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
+                labelled: LabelledSet, extracted: Features, rows: SplitRows,
+                history: dict[str, list[float]], measured: Measured,
+                cache: FeatureCache | None) -> ModelCard:
+    return ModelCard(
+        model_id=model_id,
+        tool_version=__version__,
+        created_at=started.isoformat(timespec="seconds"),
+        warning=RANDOM_WARNING if weights.source == "random" else None,
+        backbone=Backbone(weights=weights.label, weights_sha256=weights.sha256),
+        cam_layer=CAM_LAYER,
+        image_size=config.image_size,
+        threshold=measured.threshold.value,
+        threshold_rule=measured.threshold.rule,
+        threshold_source=measured.threshold.source,
+        target_sensitivity=config.target_sensitivity,
+        data=_training_data(labelled, extracted, rows),
+        split=Split(method=config.split, val_split=config.val_split, seed=config.seed,
+                    train=_class_counts(rows.labels[rows.train]),
+                    validation=_class_counts(rows.labels[rows.val]),
+                    validation_files=tuple(labelled.files[extracted.indices[r]].relpath
+                                           for r in sorted(rows.val.tolist()))),
+        copies=copies_record(rows, labelled, extracted),
+        hyperparameters=Hyperparameters(
+            epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+            l2=config.l2, dropout=config.dropout, dense_units=HeadConfig().units, seed=config.seed),
+        history=history,
+        validation_metrics=measured.validation,
+        validation_metrics_clean=measured.validation_clean,
+        cross_validation=measured.cross_validation,
+        training_images=TrainingImages(
+            sha256s=tuple(extracted.sha256s[r] for r in rows.train.tolist()),
+            fingerprints=tuple(extracted.fingerprints[r] for r in rows.train.tolist())),
+        features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
+                              from_cache=extracted.from_cache,
+                              cache=str(cache.path) if cache else None, precision=config.precision),
+    )
+
+
+def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) -> TrainingData:
+    skipped = tuple(SkippedFile(labelled.files[i].relpath, reason, status)
+                    for i, status, reason in extracted.failed)
+    return TrainingData(
+        path=str(Path(labelled.root).resolve()),
+        fingerprint=_fingerprint([(labelled.files[i].relpath, sha, int(rows.labels[row]))
+                                  for row, (i, sha) in enumerate(zip(extracted.indices, extracted.sha256s))]),
+        class_names=ClassNames(negative=labelled.class_names[0], positive=labelled.class_names[1]),
+        n_images=len(extracted.indices),
+        n_indexed=len(labelled.files),
+        skipped=skipped,
+        ignored=tuple(SkippedFile(p, r) for p, r in labelled.ignored),
+    )
+
+
+def _write_model_folder(out_dir: Path, model: Any, card: ModelCard) -> None:
+    """model.keras, training curves and the card into a temporary folder, renamed into place."""
+    from triage.report.charts import training_curves
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save(staging / MODEL_FILE)
+        training_curves(card.history, staging / CURVES_FILE, title=out_dir.name)
+        write_card(card, staging)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked before training
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
