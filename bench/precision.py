@@ -75,7 +75,7 @@ def score(loaded: Any, images: Any, batch_size: int) -> tuple[Any, Any]:
 def parity(folder: Path, paths: list[Path], image_size: int, batch_size: int) -> dict:
     import numpy as np
 
-    from triage.model.loading import load_for_inference
+    from triage.engine.inference import load_for_inference
 
     images = C.decode_for_model(paths, image_size)
     result = {}
@@ -102,7 +102,7 @@ def write_reference(folder: Path, facts: dict, image_size: int, batch_size: int,
     import keras
     import tensorflow as tf
 
-    from triage.model.loading import load_for_inference
+    from triage.engine.inference import load_for_inference
 
     images = R.images(REFERENCE_IMAGES, image_size)
     probabilities = {}

@@ -27,7 +27,7 @@ def main() -> int:
     p.add_argument("--max-cases", type=int, default=200, help="write_pdf max_cases")
     args, data = C.parse_model_bench(p, repeats=3)
 
-    from triage.model.loading import load_for_inference
+    from triage.engine.inference import load_for_inference
     from triage.report.rendering import write_html, write_pdf
     from triage.scan.folder import ScanOptions, scan_folder
 

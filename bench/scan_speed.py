@@ -61,7 +61,7 @@ def main() -> int:
         seconds = C.now() - start
         if result.scored != n:
             sys.exit(f"scan scored {result.scored} of {n} images: {result.counts()}")
-        if sum(c.heatmap is not None for c in result.cases) != n:
+        if sum(c.heatmap is not None for c in result.rows) != n:
             sys.exit("not every image got a heat map")
         last["in_scan"] = result.seconds
         return seconds

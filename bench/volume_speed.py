@@ -85,8 +85,8 @@ def main() -> int:
     C.check_weights(args.backbone_weights)
     import numpy as np
 
+    from triage.engine.inference import load_for_inference
     from triage.model.card import MODEL_FILE
-    from triage.model.loading import load_for_inference
     from triage.model.network import load_classifier
     from triage.scan.folder import ScanOptions, scan_folder
 
@@ -112,10 +112,10 @@ def main() -> int:
         start = C.now()
         result = scan_folder(inputs, loaded, options, heatmap_dir=out / "heatmaps", report_dir=out)
         seconds = C.now() - start
-        cases = [case for case in result.case_summaries if case.kind == "series"]
+        cases = [case for case in result.cases if case.kind == "series"]
         if result.scored != n or len(cases) != args.series or not all(c.flagged for c in cases):
             sys.exit(f"scan scored {result.scored} of {n} slices in {len(cases)} series: {result.counts()}")
-        maps = sum(row.heatmap is not None for row in result.cases)
+        maps = sum(row.heatmap is not None for row in result.rows)
         if options.explain == "flagged" and maps != args.series * min(args.top_k, args.slices):
             sys.exit(f"{maps} heat maps, expected the top {args.top_k} of each series")
         return seconds

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triage.engine.gradcam import GradCam, Target, gradcam_full_tape, normalise, overlay, usable
+from triage.engine.forward import ForwardPass
+from triage.engine.gradcam import GradCam, Target, gradcam_full_tape, normalise_maps, overlay, usable
 from triage.errors import CamLayerNotFound
 
 
@@ -38,7 +39,7 @@ def test_head_only_gradcam_equals_full_tape(tmp_path: Path, reload: bool) -> Non
     model = _small_model(tmp_path, reload=reload)
     images = np.random.default_rng(0).uniform(0, 1, (6, 32, 32, 3)).astype(np.float32)  # unsaturated
     cam = GradCam(model)
-    activations, probabilities = cam.predict(images)
+    activations, probabilities = ForwardPass(model).run(images)
     ours = cam.heatmaps(activations)
     reference = gradcam_full_tape(model, images)
     assert ours.shape == reference.shape == (6, 16, 16)
@@ -53,7 +54,7 @@ def test_gradcam_on_the_real_vgg19_classifier(trained_model: Path) -> None:
     model = load_classifier(trained_model / "model.keras")
     images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     cam = GradCam(model)
-    ours = cam.heatmaps(cam.predict(images)[0])
+    ours = cam.heatmaps(ForwardPass(model).run(images)[0])
     reference = gradcam_full_tape(model, images)
     assert ours.shape == (3, 2, 2)
     assert np.abs(ours - reference).max() < 1e-4
@@ -78,9 +79,9 @@ def test_negative_target_explains_the_other_class(tmp_path: Path) -> None:
     maps = {}
     for sign in (1.0, -1.0):
         cam = GradCam(model, target=Target(sign=sign))
-        maps[sign] = cam.heatmaps(cam.predict(images)[0])
-    np.testing.assert_allclose(maps[1.0], normalise(np.maximum(raw, 0)), atol=1e-5)
-    np.testing.assert_allclose(maps[-1.0], normalise(np.maximum(-raw, 0)), atol=1e-5)
+        maps[sign] = cam.heatmaps(ForwardPass(model).run(images)[0])
+    np.testing.assert_allclose(maps[1.0], normalise_maps(np.maximum(raw, 0)), atol=1e-5)
+    np.testing.assert_allclose(maps[-1.0], normalise_maps(np.maximum(-raw, 0)), atol=1e-5)
     assert not ((maps[1.0] > 0) & (maps[-1.0] > 0)).any()
     assert maps[-1.0].max() == 1.0
 
@@ -95,9 +96,9 @@ def test_cam_layer_is_checked(tmp_path: Path) -> None:
 
 def test_normalise_and_overlay() -> None:
     cams = np.array([[[0.0, 2.0], [1.0, 0.5]], [[0.0, 0.0], [0.0, 0.0]]], dtype=np.float32)
-    scaled = normalise(cams)
+    scaled = normalise_maps(cams)
     assert scaled[0].max() == 1.0 and scaled[0, 1, 0] == 0.5 and not scaled[1].any()
-    marked = normalise(np.concatenate([cams, [[[np.inf, 1.0], [0.0, 0.0]]]]))  # one map not finite
+    marked = normalise_maps(np.concatenate([cams, [[[np.inf, 1.0], [0.0, 0.0]]]]))  # one map not finite
     np.testing.assert_array_equal(marked[:2], scaled)
     assert usable(marked[0]) and usable(marked[1]) and not usable(marked[2]) and np.isnan(marked[2]).all()
     image = np.full((30, 50, 3), 100, dtype=np.uint8)  # not square: the overlay keeps its aspect
@@ -116,7 +117,7 @@ def test_mixed_precision_copy_agrees_with_fp32(trained_model: Path) -> None:
     assert mixed.get_layer("block5_conv4").dtype_policy.compute_dtype == "float16"
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     cam = GradCam(mixed)
-    activations, probabilities = cam.predict(images)
+    activations, probabilities = ForwardPass(mixed).run(images)
     assert probabilities.dtype == np.float64 and activations.dtype.name == "float16"
     np.testing.assert_allclose(probabilities, np.asarray(model(images)).ravel(), atol=2e-3)
     maps = cam.heatmaps(activations)

@@ -271,7 +271,7 @@ def test_a_non_finite_heat_map_leaves_its_image_scored(folder: Path, trained_mod
 
 def test_one_non_finite_row_of_activations_spoils_only_its_own_map(trained_model: Path) -> None:
     from triage.engine.gradcam import usable
-    from triage.model.loading import load_for_inference
+    from triage.engine.inference import load_for_inference
 
     model = load_for_inference(trained_model, "cpu")
     images = np.stack([blob_image(np.random.default_rng(seed), True, size=32) for seed in range(3)])

@@ -18,7 +18,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from triage.errors import ImageLoadError
 from triage.inputs import images
 from triage.inputs.images import decode_bytes, discover, display_path, path_bytes, read_image
-from triage.results.records import CaseResult, ModelSummary, ScanResult, read_csv, write_csv
+from triage.results.records import ModelSummary, Row, ScanResult, read_csv, write_csv
 
 
 def load_error(path: Path) -> ImageLoadError:
@@ -293,7 +293,7 @@ def test_csv_reads_back_every_name_exactly(tmp_path: Path) -> None:
     result = ScanResult(
         input_dir="in", model=summary(), threshold=0.5, cam_layer="c", explain="flagged",
         started_at="s", finished_at="f", seconds=1.0,
-        cases=tuple(CaseResult(name, "unreadable", reason=f"why\r{name}") for name in names))
+        rows=tuple(Row(name, "unreadable", reason=f"why\r{name}") for name in names))
     write_csv(result, tmp_path / "report.csv")
     back = read_csv(tmp_path / "report.csv")
     assert [(row["path"], row["reason"]) for row in back] == [(name, f"why\r{name}") for name in names]

@@ -33,10 +33,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "triage"
 def test_evaluate_and_scan_give_the_same_probability_bit_for_bit(tmp_path: Path, trained_model: Path) -> None:
     """The same file lands in different batches (other neighbours, other positions, a padded
     last batch) in a scan and an evaluation, and gets the very same float."""
+    from triage.engine.inference import load_for_inference
     from triage.engine.predictor import Stop
     from triage.evaluate.evaluation import score_labelled
     from triage.labelled.dataset import index_labelled
-    from triage.model.loading import load_for_inference
     from triage.scan.folder import ScanOptions, scan_folder
 
     labelled_root = make_blob_dataset(tmp_path / "labelled", per_class=11, seed=5)
@@ -50,8 +50,8 @@ def test_evaluate_and_scan_give_the_same_probability_bit_for_bit(tmp_path: Path,
     labelled = index_labelled(labelled_root, "yes", seed=None)
     scores = score_labelled(labelled, model, 4, Stop())
     by_name = {item.path.name: p for item, p in zip(scores.files, scores.probabilities)}
-    pairs = [(case.probability, by_name[case.path.removeprefix("x-")]) for case in scanned.cases]
-    assert len(pairs) == 6 and all(case.ok for case in scanned.cases)
+    pairs = [(case.probability, by_name[case.path.removeprefix("x-")]) for case in scanned.rows]
+    assert len(pairs) == 6 and all(case.ok for case in scanned.rows)
     assert all(ours == theirs for ours, theirs in pairs), pairs
     assert len({p for p, _ in pairs}) > 1  # the model tells these images apart
 

@@ -111,7 +111,7 @@ def spread_model(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_bf16_probabilities_agree_with_fp32(spread_model: Path, native_bf16: None) -> None:
-    from triage.model.loading import load_for_inference
+    from triage.engine.inference import load_for_inference
 
     exact = load_for_inference(spread_model, "cpu", precision="fp32")
     fast = load_for_inference(spread_model, "cpu", precision="bf16")
@@ -128,6 +128,7 @@ def test_bf16_probabilities_agree_with_fp32(spread_model: Path, native_bf16: Non
 def test_output_head_and_cam_tail_stay_float32(trained_model: Path, precision: str, compute: str) -> None:
     import tensorflow as tf
 
+    from triage.engine.forward import ForwardPass
     from triage.engine.gradcam import GradCam
     from triage.model.network import load_classifier, with_precision
 
@@ -139,7 +140,7 @@ def test_output_head_and_cam_tail_stay_float32(trained_model: Path, precision: s
     assert mixed.output.dtype == "float32"
     cam, exact = GradCam(mixed), GradCam(model)
     assert all(layer.dtype_policy.compute_dtype == "float32" for layer in cam.tail.layers[1:])
-    activations, probabilities = cam.predict(_images())
+    activations, probabilities = ForwardPass(mixed).run(_images())
     assert activations.dtype.name == compute and probabilities.dtype == np.float64
     raw = cam._maps(activations)  # before normalising: the tail's own output
     assert raw.dtype == tf.float32

@@ -15,6 +15,7 @@ from markupsafe import escape as markup_escape
 from PIL import Image
 
 from triage import RESEARCH_NOTICE
+from triage.model.summary import ModelSummary
 from triage.report.rendering import (
     RANDOM_BACKBONE_WARNING,
     _restricted_url_fetcher,
@@ -22,7 +23,7 @@ from triage.report.rendering import (
     write_html,
     write_pdf,
 )
-from triage.results.records import CaseResult, ModelSummary, ScanResult
+from triage.results.records import Row, ScanResult
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -49,7 +50,7 @@ def _png(path: Path, seed: int, size: int = 24) -> None:
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
 
 
-def _flagged(folder: Path, name: str, probability: float, seed: int, **kw: object) -> CaseResult:
+def _flagged(folder: Path, name: str, probability: float, seed: int, **kw: object) -> Row:
     """A flagged case whose original and overlay exist under ``folder/img``."""
     _png(folder / "img" / f"{seed}_orig.png", seed)
     _png(folder / "img" / f"{seed}_cam.png", seed + 10_000)
@@ -59,12 +60,12 @@ def _flagged(folder: Path, name: str, probability: float, seed: int, **kw: objec
         format="PNG",
     )
     fields.update(kw)
-    return CaseResult(**fields)  # type: ignore[arg-type]
+    return Row(**fields)  # type: ignore[arg-type]
 
 
-def _result(cases: list[CaseResult], model: ModelSummary | None = None, **kw: object) -> ScanResult:
+def _result(cases: list[Row], model: ModelSummary | None = None, **kw: object) -> ScanResult:
     fields: dict[str, object] = dict(
-        input_dir="/data/incoming", cases=tuple(sorted(cases, key=lambda c: c.path)),
+        input_dir="/data/incoming", rows=tuple(sorted(cases, key=lambda c: c.path)),
         model=model or _model(), threshold=0.5, cam_layer="block5_conv4", explain="gradcam",
         started_at="2025-11-25T19:28:03+00:00", finished_at="2025-11-25T19:29:41+00:00",
         seconds=98.0, versions={"triage": "0.1.0"},
@@ -73,17 +74,17 @@ def _result(cases: list[CaseResult], model: ModelSummary | None = None, **kw: ob
     return ScanResult(**fields)  # type: ignore[arg-type]
 
 
-def _clean(n: int) -> list[CaseResult]:
+def _clean(n: int) -> list[Row]:
     return [
-        CaseResult(path=f"clean/{i:03d}.png", status="ok", probability=i / (n * 2.5), flagged=False)
+        Row(path=f"clean/{i:03d}.png", status="ok", probability=i / (n * 2.5), flagged=False)
         for i in range(n)
     ]
 
 
 FAILURES = [
-    CaseResult(path="bad/truncated.jpg", status="unreadable", reason="file is truncated"),
-    CaseResult(path="bad/empty.png", status="empty", reason="zero-byte file"),
-    CaseResult(path="bad/x<script>.txt", status="unsupported", reason="not an image <txt>"),
+    Row(path="bad/truncated.jpg", status="unreadable", reason="file is truncated"),
+    Row(path="bad/empty.png", status="empty", reason="zero-byte file"),
+    Row(path="bad/x<script>.txt", status="unsupported", reason="not an image <txt>"),
 ]
 
 
@@ -224,8 +225,8 @@ def test_html_summary_incremental_and_interrupted(report_dir: Path) -> None:
     cases = [
         _flagged(report_dir, "fresh.png", 0.9, seed=1, new=True),
         _flagged(report_dir, "old.png", 0.8, seed=2, new=False),
-        CaseResult(path="late.png", status="not_scanned", reason="interrupted"),
-        CaseResult(path="later.png", status="not_scanned", reason="interrupted"),
+        Row(path="late.png", status="not_scanned", reason="interrupted"),
+        Row(path="later.png", status="not_scanned", reason="interrupted"),
     ]
     plain = render_html(_result(cases))
     assert "scored in this run" not in plain and "This run was interrupted" not in plain
@@ -385,7 +386,7 @@ def test_pdf_of_100_noisy_cases_stays_small(tmp_path: Path, report_dir: Path) ->
             pixels = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
             # JPEG q95 keeps the noise and writes 10x faster than PNG (the report reads either).
             Image.fromarray(pixels).save(report_dir / f"{i}_{kind}.jpg", quality=95)
-        cases.append(CaseResult(
+        cases.append(Row(
             path=f"case{i:03d}.png", status="ok", probability=0.5 + i / 250, flagged=True,
             original=f"{i}_orig.jpg", heatmap=f"{i}_cam.jpg",
         ))

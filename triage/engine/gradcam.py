@@ -40,29 +40,23 @@ class Target:
 
 
 class GradCam:
-    """Forward pass with activations, and head-only Grad-CAM, for one model.
+    """Head-only Grad-CAM for one model, from the activations its forward pass kept.
 
     Args:
         model: A triage classifier (see :mod:`triage.model.network`).
         layer: Name of the convolutional layer to explain at.
         target: What to explain.
-        jit_compile: Compile the forward pass with XLA (worth it on a GPU).
 
     Raises:
         CamLayerNotFound: the layer is missing or not spatial.
     """
 
-    def __init__(self, model: "keras.Model", layer: str = CAM_LAYER, target: Target = Target(),
-                 jit_compile: bool = False) -> None:
-        import keras
+    def __init__(self, model: "keras.Model", layer: str = CAM_LAYER, target: Target = Target()) -> None:
         import tensorflow as tf
 
         self.layer_name = layer
         conv = cam_layer(model, layer)
-        self.forward_model = keras.Model(model.input, [conv.output, model.output])
         self.tail = self._tail(model, conv)
-        self._forward = tf.function(lambda x: self.forward_model(x, training=False),
-                                    jit_compile=jit_compile, reduce_retracing=True)
         sign = float(target.sign)
 
         def maps(activations: Any) -> Any:
@@ -98,25 +92,20 @@ class GradCam:
         # layers would compute the gradients in bfloat16 or float16.
         return with_dtype_policy(keras.Model(activations, x, name="cam_tail"), "float32")
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One forward pass: (activations at the CAM layer, probabilities (N,))."""
-        activations, probability = self._forward(images)
-        return activations, np.asarray(probability, dtype=np.float64).reshape(-1)
-
     def heatmaps(self, activations: Any) -> np.ndarray:
-        """Grad-CAM maps (N, h, w) in [0, 1] from activations of :meth:`predict`.
+        """Grad-CAM maps (N, h, w) in [0, 1] from the activations a ForwardPass kept.
 
         A row whose map is not finite comes back all NaN (see :func:`usable`); the others are unaffected.
         """
         if len(activations.shape) != 4:
             raise ValueError(f"expected (N, H, W, C) activations, got {tuple(activations.shape)}")
-        return normalise(np.asarray(self._maps(activations)))
+        return normalise_maps(np.asarray(self._maps(activations)))
 
 
 NOT_FINITE = "the Grad-CAM map had non-finite values"
 
 
-def normalise(cams: np.ndarray) -> np.ndarray:
+def normalise_maps(cams: np.ndarray) -> np.ndarray:
     """Scale each map to max 1 (an all-zero map stays zero).
 
     A map with a non-finite value comes back all NaN, the marker :func:`usable`
@@ -131,7 +120,7 @@ def normalise(cams: np.ndarray) -> np.ndarray:
 
 
 def usable(cam: np.ndarray) -> bool:
-    """False for the marker :func:`normalise` gives a map that was not finite."""
+    """False for the marker :func:`normalise_maps` gives a map that was not finite."""
     return bool(np.isfinite(cam).all())
 
 
@@ -168,4 +157,4 @@ def gradcam_full_tape(model: "keras.Model", images: np.ndarray, layer: str = CAM
     grads = tape.gradient(score, activations)
     weights = tf.reduce_mean(grads, axis=(1, 2))
     cams = tf.nn.relu(tf.einsum("nhwc,nc->nhw", activations, weights))
-    return normalise(np.asarray(cams))
+    return normalise_maps(np.asarray(cams))

@@ -21,14 +21,16 @@ from typing import Any, Callable
 import numpy as np
 
 from triage import __version__
+from triage.engine.inference import InferenceModel, load_for_inference
 from triage.engine.predictor import Decoded, Stop, decode_image, predict
 from triage.errors import DataError, Stopped, UsageError
 from triage.labelled.copies import image_fingerprint, near_matches
 from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
 from triage.labelled.metrics import binary_metrics
 from triage.model.card import TrainingImages, read_card
-from triage.model.loading import InferenceModel, find_model, library_versions, load_for_inference
+from triage.model.loading import find_model
 from triage.outputs.atomic import atomic_write_text
+from triage.versions import library_versions
 
 MANIFEST_FILE = "run.json"
 EVALUATION_SCHEMA_VERSION = 1

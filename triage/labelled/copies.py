@@ -111,7 +111,7 @@ def _content_box(gray: np.ndarray) -> tuple[slice, slice]:
     return box[0], box[1]
 
 
-def normalise(pixels: np.ndarray) -> Image.Image:
+def hash_input(pixels: np.ndarray) -> Image.Image:
     """Grayscale, cropped to the content, equalised: what :func:`image_fingerprint` hashes."""
     gray = np.asarray(Image.fromarray(pixels).convert("L"))
     return ImageOps.equalize(Image.fromarray(gray[_content_box(gray)]))
@@ -119,7 +119,7 @@ def normalise(pixels: np.ndarray) -> Image.Image:
 
 def image_fingerprint(pixels: np.ndarray) -> str:
     """Hex perceptual hash of decoded ``(H, W, 3)`` ``uint8`` RGB pixels."""
-    return str(imagehash.phash(normalise(pixels), hash_size=HASH_SIZE))
+    return str(imagehash.phash(hash_input(pixels), hash_size=HASH_SIZE))
 
 
 def _bits(fingerprints: Sequence[str]) -> np.ndarray:

@@ -30,7 +30,7 @@ from markupsafe import Markup
 
 from triage import RESEARCH_NOTICE, __version__
 from triage.outputs.atomic import atomic_write_bytes, atomic_write_text
-from triage.results.records import STATUSES, CaseResult, CaseSummary, ScanResult
+from triage.results.records import STATUSES, CaseSummary, Row, ScanResult
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
@@ -245,7 +245,7 @@ def _context(
         "copies_merged": len(result.flagged_cases) - len(flagged),
         "aggregate": _aggregate_label(result.aggregate, result.top_k),
         "studies": sorted(result.studies, key=lambda s: (s.score is None, -(s.score or 0.0), s.study_uid)),
-        "localizers": Counter(case.study_uid for case in result.case_summaries if case.localizer),
+        "localizers": Counter(case.study_uid for case in result.cases if case.localizer),
         "failures": [
             {"case": case, "reason": case.reason or STATUSES.get(case.status, "")}
             for case in failures_shown
@@ -266,10 +266,10 @@ def _shown_cases(result: ScanResult, max_cases: int | None) -> list[CaseSummary]
     return flagged if max_cases is None else flagged[:max_cases]
 
 
-def _rows_of(result: ScanResult, case_ids: set[str]) -> dict[str, list[CaseResult]]:
+def _rows_of(result: ScanResult, case_ids: set[str]) -> dict[str, list[Row]]:
     """The rows of the given cases, by case, in slice order."""
-    rows: dict[str, list[CaseResult]] = {}
-    for row in result.cases:
+    rows: dict[str, list[Row]] = {}
+    for row in result.rows:
         if row.case_id in case_ids:
             rows.setdefault(row.case_id, []).append(row)
     for case_rows in rows.values():
@@ -277,7 +277,7 @@ def _rows_of(result: ScanResult, case_ids: set[str]) -> dict[str, list[CaseResul
     return rows
 
 
-def _card(rank: int, case: CaseSummary, result: ScanResult, rows: list[CaseResult],
+def _card(rank: int, case: CaseSummary, result: ScanResult, rows: list[Row],
           image_src: Callable[[str], str | None], plot: str | None) -> dict[str, Any]:
     """What one flagged case's card shows: its top slices with their overlays and, for a stack, a plot."""
     slices = [{"row": row, "original": _image_view(row.original, image_src),
@@ -293,7 +293,7 @@ def _card(rank: int, case: CaseSummary, result: ScanResult, rows: list[CaseResul
     }
 
 
-def _location(case: CaseSummary, rows: list[CaseResult]) -> str:
+def _location(case: CaseSummary, rows: list[Row]) -> str:
     """Where a case lies: its file, or the folder that holds a series' files (with their count)."""
     paths = sorted({row.path for row in rows})
     if case.kind != "series" or len(paths) < 2:
@@ -412,7 +412,7 @@ _PRECISION_LABELS = {
 
 def _histogram_png(result: ScanResult) -> str | None:
     """A histogram of the ``ok`` probabilities, threshold marked, as a PNG ``data:`` URI."""
-    scored = [c for c in result.cases if c.ok and c.probability is not None]
+    scored = [c for c in result.rows if c.ok and c.probability is not None]
     if not scored:
         return None
     import numpy as np
@@ -461,7 +461,7 @@ def _histogram_png(result: ScanResult) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _slice_plot(case: CaseSummary, rows: list[CaseResult], threshold: float) -> str | None:
+def _slice_plot(case: CaseSummary, rows: list[Row], threshold: float) -> str | None:
     """A stack's plot (see :func:`_slice_plot_png`), or None for a case of fewer than two scored slices."""
     points = tuple((row.slice_index or 0, row.probability) for row in rows
                    if row.ok and row.probability is not None)

@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triage.model.summary import ModelSummary
 from triage.outputs.atomic import atomic_write_text
 
 # CSV statuses. `ok` rows carry a probability; every other status has a reason.
@@ -41,7 +42,7 @@ CASE_CSV_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class CaseResult:
+class Row:
     """One row: a file found in the input folder, or one slice or frame of it; scored or not.
 
     Attributes:
@@ -103,32 +104,6 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
-class ModelSummary:
-    """The facts about a model that a report and ``run.json`` show."""
-
-    id: str
-    path: str
-    sha256: str
-    version: str
-    threshold: float
-    image_size: int
-    backbone_weights: str
-    trained_on: str
-    trained_at: str
-    val_sensitivity: tuple[float, float, float, int] | None  # value, CI low, CI high, n
-    val_specificity: tuple[float, float, float, int] | None
-    val_images: int | None = None  # the validation set those two were measured on
-    val_split: str = ""  # how that set was split off: grouped or keras
-    threshold_source: str = "default"  # default, fixed or out-of-fold
-    device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
-    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
-
-    @property
-    def random_backbone(self) -> bool:
-        return self.backbone_weights == "random"
-
-
-@dataclass(frozen=True)
 class CaseSummary:
     """The verdict on one case: a DICOM series, a NIfTI volume or a loose image.
 
@@ -167,7 +142,7 @@ class CaseSummary:
     localizer: bool = False
     status: str | None = None
     reason: str = ""
-    top: tuple[CaseResult, ...] = ()
+    top: tuple[Row, ...] = ()
     copies: tuple[str, ...] = ()
     copy_of: str | None = None
     new: bool = True
@@ -183,24 +158,24 @@ class StudySummary:
     case_ids: tuple[str, ...]
 
 
-def image_summaries(cases: tuple[CaseResult, ...], threshold: float) -> tuple[CaseSummary, ...]:
+def image_summaries(rows: tuple[Row, ...], threshold: float) -> tuple[CaseSummary, ...]:
     """Each scored row as a loose image of its own (for results built without cases)."""
     return tuple(
         CaseSummary(case_id=row.path, kind="image", n_images=1, n_scored=1, score=row.probability,
                     flagged=row.probability is not None and row.probability >= threshold, aggregate="max",
                     first_path=row.path, top_path=row.path, top=(row,), new=row.new)
-        for row in cases if row.ok)
+        for row in rows if row.ok)
 
 
 @dataclass(frozen=True)
 class ScanResult:
     """A whole run: every row (file or slice), the cases and studies they form, the model, the run's facts.
 
-    ``case_summaries`` left empty means every scored row is a loose image of its own.
+    ``cases`` left empty means every scored row is a loose image of its own.
     """
 
     input_dir: str
-    cases: tuple[CaseResult, ...]
+    rows: tuple[Row, ...]
     model: ModelSummary
     threshold: float
     cam_layer: str
@@ -212,21 +187,21 @@ class ScanResult:
     removed_since_last: int = 0
     incremental: bool = False
     versions: dict[str, str] = field(default_factory=dict)
-    case_summaries: tuple[CaseSummary, ...] = ()
+    cases: tuple[CaseSummary, ...] = ()
     studies: tuple[StudySummary, ...] = ()
     aggregate: str = "max"
     top_k: int = 3
 
     def __post_init__(self) -> None:
-        if not self.case_summaries:
-            object.__setattr__(self, "case_summaries", image_summaries(self.cases, self.threshold))
+        if not self.cases:
+            object.__setattr__(self, "cases", image_summaries(self.rows, self.threshold))
 
     def count(self, *statuses: str) -> int:
-        return sum(case.status in statuses for case in self.cases)
+        return sum(row.status in statuses for row in self.rows)
 
     @property
     def found(self) -> int:
-        return len(self.cases)
+        return len(self.rows)
 
     @property
     def scored(self) -> int:
@@ -234,7 +209,7 @@ class ScanResult:
 
     @property
     def failed(self) -> int:
-        return sum(case.failed for case in self.cases)
+        return sum(row.failed for row in self.rows)
 
     @property
     def skipped(self) -> int:
@@ -245,24 +220,24 @@ class ScanResult:
         return self.count("not_scanned")
 
     @property
-    def flagged(self) -> tuple[CaseResult, ...]:
+    def flagged(self) -> tuple[Row, ...]:
         """Flagged rows, highest probability first (then by path, for a stable order)."""
-        hits = [c for c in self.cases if c.ok and c.flagged]
+        hits = [c for c in self.rows if c.ok and c.flagged]
         return tuple(sorted(hits, key=lambda c: (-(c.probability or 0.0), c.path)))
 
     @property
     def flagged_cases(self) -> tuple[CaseSummary, ...]:
         """Flagged cases, highest score first (then by first path)."""
-        hits = [s for s in self.case_summaries if s.flagged]
+        hits = [s for s in self.cases if s.flagged]
         return tuple(sorted(hits, key=lambda s: (-(s.score or 0.0), s.first_path, s.case_id)))
 
     @property
-    def failures(self) -> tuple[CaseResult, ...]:
-        return tuple(c for c in self.cases if c.failed)
+    def failures(self) -> tuple[Row, ...]:
+        return tuple(c for c in self.rows if c.failed)
 
     @property
     def scored_this_run(self) -> int:
-        return sum(c.ok and c.new for c in self.cases)
+        return sum(c.ok and c.new for c in self.rows)
 
     @property
     def images_per_second(self) -> float:
@@ -273,7 +248,7 @@ class ScanResult:
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
             "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
-            "cases": len(self.case_summaries), "cases_flagged": len(self.flagged_cases),
+            "cases": len(self.cases), "cases_flagged": len(self.flagged_cases),
             "studies": len(self.studies), "studies_flagged": sum(s.flagged for s in self.studies),
         }
 
@@ -297,13 +272,13 @@ def csv_text(result: ScanResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
-    for case in result.cases:
+    for row in result.rows:
         writer.writerow([
-            case.path, _cell(case.sha256), case.status, case.reason,
-            _cell(case.probability), _cell(case.flagged) if case.ok else "",
-            _cell(case.heatmap), _cell(case.width), _cell(case.height), _cell(case.format),
-            result.model.id, _cell(case.case_id), _cell(case.study_uid), _cell(case.series_uid),
-            _cell(case.slice_index), _cell(case.copy_of), _cell(case.heatmap_note),
+            row.path, _cell(row.sha256), row.status, row.reason,
+            _cell(row.probability), _cell(row.flagged) if row.ok else "",
+            _cell(row.heatmap), _cell(row.width), _cell(row.height), _cell(row.format),
+            result.model.id, _cell(row.case_id), _cell(row.study_uid), _cell(row.series_uid),
+            _cell(row.slice_index), _cell(row.copy_of), _cell(row.heatmap_note),
         ])
     return buffer.getvalue()
 
@@ -313,7 +288,7 @@ def cases_csv_text(result: ScanResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CASE_CSV_COLUMNS)
-    for case in result.case_summaries:
+    for case in result.cases:
         writer.writerow([
             case.case_id, case.kind, case.study_uid, case.series_uid, case.description, case.modality,
             case.n_images, case.n_scored, _cell(case.score), _cell(case.flagged) if case.n_scored else "",

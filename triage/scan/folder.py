@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 from triage.engine.heatmaps import HeatmapWriter
+from triage.engine.inference import InferenceModel
 from triage.engine.predictor import Stop
 from triage.engine.ray_data import RaySettings, require_ray
 from triage.errors import UsageError
 from triage.inputs.cases import AGGREGATES, GROUP_BY
 from triage.inputs.images import discover
-from triage.model.loading import InferenceModel, library_versions
 from triage.model.network import CAM_LAYER
-from triage.results.records import CaseResult, ScanResult
+from triage.results.records import Row, ScanResult
 from triage.scan.plan import Plan, case_fields, plan_scan, rows_in_path_order
 from triage.scan.scorer import CaseScorer, score_cases
 from triage.scan.verdicts import mark_copies, verdicts
+from triage.versions import library_versions
 
 EXPLAIN_CHOICES = ("flagged", "all", "none")
 ENGINES = ("local", "ray")
@@ -74,7 +75,7 @@ class ScanOptions:
 def scan_folder(
     input_dir: Path, model: InferenceModel, options: ScanOptions, *,
     heatmap_dir: Path | None, report_dir: Path,
-    reuse: dict[str, list[CaseResult]] | None = None,
+    reuse: dict[str, list[Row]] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_found: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
@@ -131,19 +132,19 @@ def _heatmap_writer(heatmap_dir: Path | None, report_dir: Path, model: Inference
 
 
 def _collect(input_dir: Path, plan: Plan, model: InferenceModel, options: ScanOptions, threshold: float,
-             interrupted: bool, reuse: dict[str, list[CaseResult]], started: dt.datetime,
+             interrupted: bool, reuse: dict[str, list[Row]], started: dt.datetime,
              seconds: float) -> ScanResult:
     """Rows in path order (what a stop left unscored ``not_scanned``), copies marked, verdicts."""
     for case in plan.to_score:
         for slice_ in case.slices:
-            plan.rows.setdefault((slice_.relpath, slice_.slice_index), CaseResult(
+            plan.rows.setdefault((slice_.relpath, slice_.slice_index), Row(
                 slice_.relpath, "not_scanned", reason="the run was interrupted before this file",
                 **case_fields(case, slice_.slice_index)))
     rows = mark_copies(rows_in_path_order(plan.rows, plan.found))
     summaries, studies = verdicts(plan.cases, rows, threshold, options.aggregate, options.top_k)
     return ScanResult(
         input_dir=str(input_dir.resolve()),
-        cases=tuple(rows), case_summaries=tuple(summaries), studies=studies,
+        rows=tuple(rows), cases=tuple(summaries), studies=studies,
         aggregate=options.aggregate, top_k=options.top_k,
         model=model.summary, threshold=threshold, cam_layer=options.cam_layer,
         explain=options.explain,

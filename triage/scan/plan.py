@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from triage.inputs.cases import Case, build_cases, image_case
 from triage.inputs.images import FoundFile
-from triage.results.records import CaseResult
+from triage.results.records import Row
 
 RowKey = tuple[str, int | None]
 # Statuses that say a file is no image at all: such a loose file is no case.
@@ -25,11 +25,11 @@ NOT_IMAGES = frozenset({"unsupported", "empty"})
 
 @dataclass
 class Plan:
-    """Every case in scoring order, the rows already known (by :attr:`CaseResult.key`), the cases to score."""
+    """Every case in scoring order, the rows already known (by :attr:`Row.key`), the cases to score."""
 
     found: list[FoundFile]
     cases: list[Case] = field(default_factory=list)
-    rows: dict[RowKey, CaseResult] = field(default_factory=dict)
+    rows: dict[RowKey, Row] = field(default_factory=dict)
     to_score: list[Case] = field(default_factory=list)
 
     @property
@@ -44,7 +44,7 @@ def case_fields(case: Case, slice_index: int | None = None) -> dict[str, Any]:
             "series_uid": case.series_uid or None, "slice_index": slice_index}
 
 
-def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[CaseResult]], report_dir: Path, *,
+def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[Row]], report_dir: Path, *,
               group_by: str = "auto", modalities: Sequence[str] = ("MR",)) -> Plan:
     """Cases from the files found; rows for what is not scored and for unchanged cases.
 
@@ -59,7 +59,7 @@ def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[CaseResult]], re
     plan = Plan(list(found), sorted(built + images, key=_first_path))
     for row in loose:
         if row.status is not None:
-            plan.rows[(row.relpath, None)] = CaseResult(row.relpath, row.status, reason=row.reason)
+            plan.rows[(row.relpath, None)] = Row(row.relpath, row.status, reason=row.reason)
     files = {item.relpath: item for item in found}
     counts = Counter(row.case_id for rows in reuse.values() for row in rows)
     for case in plan.cases:
@@ -76,15 +76,15 @@ def _first_path(case: Case) -> tuple[str, str]:
     return min(slice_.relpath for slice_ in case.slices), case.case_id
 
 
-def refused_rows(case: Case, files: dict[str, FoundFile]) -> list[CaseResult]:
+def refused_rows(case: Case, files: dict[str, FoundFile]) -> list[Row]:
     """One row per file of a case that is not scored, with the case's status and reason."""
-    return [CaseResult(path, str(case.status), reason=case.reason, size=files[path].size,
+    return [Row(path, str(case.status), reason=case.reason, size=files[path].size,
                        mtime_ns=files[path].mtime_ns, **case_fields(case))
             for path in dict.fromkeys(slice_.relpath for slice_ in case.slices)]
 
 
-def _carried(case: Case, reuse: dict[str, list[CaseResult]], previous_count: int,
-             files: dict[str, FoundFile], report_dir: Path) -> list[CaseResult] | None:
+def _carried(case: Case, reuse: dict[str, list[Row]], previous_count: int,
+             files: dict[str, FoundFile], report_dir: Path) -> list[Row] | None:
     """The previous run's rows of a case, when they still hold; None when it must be scored.
 
     They hold when the previous run had this very case (the same slices of the
@@ -106,7 +106,7 @@ def _row_order(key: RowKey) -> tuple[str, int]:
     return path, -1 if slice_index is None else slice_index
 
 
-def _unchanged(old: CaseResult, item: FoundFile, report_dir: Path) -> bool:
+def _unchanged(old: Row, item: FoundFile, report_dir: Path) -> bool:
     """A previous ``ok`` row still holds: same size and mtime, and its images are still there.
 
     A failed row is never carried over: a permission fixed or a decoder installed
@@ -117,12 +117,12 @@ def _unchanged(old: CaseResult, item: FoundFile, report_dir: Path) -> bool:
     return all((report_dir / name).is_file() for name in (old.heatmap, old.original) if name)
 
 
-def rows_in_path_order(rows: dict[RowKey, CaseResult], found: Sequence[FoundFile]) -> list[CaseResult]:
+def rows_in_path_order(rows: dict[RowKey, Row], found: Sequence[FoundFile]) -> list[Row]:
     """Every row, files in discover()'s (path) order, the slices of a file by slice index."""
-    by_path: dict[str, list[CaseResult]] = {}
+    by_path: dict[str, list[Row]] = {}
     for row in rows.values():
         by_path.setdefault(row.path, []).append(row)
-    ordered: list[CaseResult] = []
+    ordered: list[Row] = []
     for item in found:
         ordered.extend(sorted(by_path.get(item.relpath, ()), key=lambda row: _row_order(row.key)))
     return ordered

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from triage.engine.inference import InferenceModel, load_for_inference
 from triage.errors import OutputError, Stopped, UsageError
-from triage.model.loading import InferenceModel, find_model, load_for_inference
+from triage.model.loading import find_model
 from triage.outputs.atomic import atomic_write_text
 from triage.outputs.lock import OutputLock
 from triage.results.records import ScanResult, write_cases_csv, write_csv
@@ -122,7 +123,7 @@ def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
 def _remove_unreferenced(result: ScanResult, paths: OutputPaths) -> None:
     if not paths.heatmaps.is_dir():
         return
-    keep = {Path(name).name for c in result.cases for name in (c.heatmap, c.original) if name}
+    keep = {Path(name).name for c in result.rows for name in (c.heatmap, c.original) if name}
     for path in paths.heatmaps.iterdir():
         if path.is_file() and path.name not in keep:
             path.unlink(missing_ok=True)

@@ -23,13 +23,13 @@ import numpy as np
 
 from triage.engine.gradcam import NOT_FINITE, usable
 from triage.engine.heatmaps import HeatmapWriter
+from triage.engine.inference import InferenceModel
 from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
 from triage.hashing import sha256_file
 from triage.inputs.cases import Case, Slice, case_score, decode_slice
 from triage.inputs.images import FoundFile
-from triage.model.loading import InferenceModel
-from triage.results.records import CaseResult
+from triage.results.records import Row
 from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.scan.verdicts import slice_rank
 
@@ -48,7 +48,7 @@ class Job:
 class Kept:
     """A scored slice that may get a heat map: its row, display copy and activations."""
 
-    row: CaseResult
+    row: Row
     image: ScanImage
     activation: np.ndarray
 
@@ -86,7 +86,7 @@ class FileDigests:
 class CamQueue:
     """Slices waiting for heat maps; ``size`` of them at a time go through one Grad-CAM call."""
 
-    def __init__(self, model: InferenceModel, writer: HeatmapWriter, rows: dict[RowKey, CaseResult],
+    def __init__(self, model: InferenceModel, writer: HeatmapWriter, rows: dict[RowKey, Row],
                  size: int) -> None:
         self.model, self.writer, self.rows, self.size = model, writer, rows, size
         self.pending: list[Kept] = []
@@ -123,7 +123,7 @@ class InFlight:
     probabilities: list[float] = field(default_factory=list)
     top: list[Kept] = field(default_factory=list)
 
-    def offer(self, row: CaseResult, image: ScanImage, activation: np.ndarray) -> None:
+    def offer(self, row: Row, image: ScanImage, activation: np.ndarray) -> None:
         """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
         if len(self.top) == self.top_k and slice_rank(row) >= slice_rank(self.top[-1].row):
             return
@@ -165,7 +165,7 @@ class CaseScorer:
     """
 
     def __init__(self, model: InferenceModel, *, explain: str, threshold: float, aggregate: str, top_k: int,
-                 writer: HeatmapWriter | None, files: dict[str, FoundFile], rows: dict[RowKey, CaseResult],
+                 writer: HeatmapWriter | None, files: dict[str, FoundFile], rows: dict[RowKey, Row],
                  batch_size: int) -> None:
         self.model, self.explain, self.threshold = model, explain, threshold
         self.aggregate, self.top_k = aggregate, top_k
@@ -213,7 +213,7 @@ class CaseScorer:
             for kept in flight.top:
                 self.cams.add(kept)
 
-    def _row(self, outcome: Outcome[Job]) -> CaseResult:
+    def _row(self, outcome: Outcome[Job]) -> Row:
         job = outcome.item
         item = self.files[job.slice.relpath]
         fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(job.case, job.slice.slice_index))
@@ -221,11 +221,11 @@ class CaseScorer:
         if failure is not None:
             if job.case.kind == "image" and failure.status in NOT_IMAGES:
                 fields["case_id"] = None  # no image at all: no case
-            return CaseResult(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
+            return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
         probability = outcome.output[0]
         image: ScanImage = outcome.extra
-        return CaseResult(item.relpath, "ok", sha256=image.sha256, probability=probability,
+        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability,
                           flagged=probability >= self.threshold, width=image.width, height=image.height,
                           format=image.format, **fields)
 

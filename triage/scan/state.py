@@ -13,10 +13,11 @@ import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from triage.model.loading import InferenceModel, library_versions
+from triage.engine.inference import InferenceModel
 from triage.outputs.atomic import atomic_write_text
-from triage.results.records import STATUSES, CaseResult, ScanResult
+from triage.results.records import STATUSES, Row, ScanResult
 from triage.scan.folder import ScanOptions
+from triage.versions import library_versions
 
 log = logging.getLogger(__name__)
 STATE_SCHEMA_VERSION = 1
@@ -51,14 +52,14 @@ _ROW_TYPES: dict[str, type] = {
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
     "copy_of": str, "heatmap_note": str,
 }
-_ROW_NAMES = frozenset(f.name for f in dataclasses.fields(CaseResult))
+_ROW_NAMES = frozenset(f.name for f in dataclasses.fields(Row))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
 _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note"})
 
 
-def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
-    """One state row as a :class:`CaseResult`; ``ValueError`` when it is not one this tool wrote."""
+def _check_row(row: Any, heatmap_folder: str) -> Row:
+    """One state row as a :class:`Row`; ``ValueError`` when it is not one this tool wrote."""
     if not isinstance(row, dict) or not _ROW_NAMES - _ROW_OPTIONAL <= set(row) <= _ROW_NAMES:
         raise ValueError(f"a row is not a case: {str(row)[:80]}")
     for name, kind in _ROW_TYPES.items():
@@ -67,7 +68,7 @@ def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
                 isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
             continue
         raise ValueError(f"bad {name} {value!r} in a row")
-    case = CaseResult(**row)
+    case = Row(**row)
     if not case.path or case.status not in STATUSES or case.status == "not_scanned":
         raise ValueError(f"bad row of {case.path!r}")
     if case.ok and not (case.probability is not None and 0.0 <= case.probability <= 1.0):
@@ -79,7 +80,7 @@ def _check_row(row: Any, heatmap_folder: str) -> CaseResult:
     return case
 
 
-def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, list[CaseResult]]:
+def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, list[Row]]:
     """Rows of the previous run by path (a volume's slices share one), or nothing when they can't be
     trusted (said in the log).
 
@@ -98,7 +99,7 @@ def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dic
         old_settings, cases = state.get("settings"), state.get("cases")
         if not isinstance(old_settings, dict) or not isinstance(cases, list):
             raise ValueError("no settings or cases")
-        rows: dict[str, list[CaseResult]] = {}
+        rows: dict[str, list[Row]] = {}
         for row in cases:
             case = _check_row(row, heatmap_folder)
             rows.setdefault(case.path, []).append(case)
@@ -113,6 +114,6 @@ def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dic
 
 
 def write_state(path: Path, result: ScanResult, settings: dict[str, Any]) -> None:
-    cases = [dataclasses.asdict(c) for c in result.cases if c.status != "not_scanned"]
+    cases = [dataclasses.asdict(c) for c in result.rows if c.status != "not_scanned"]
     atomic_write_text(path, json.dumps({"schema_version": STATE_SCHEMA_VERSION, "settings": settings,
                                         "cases": cases}) + "\n")

@@ -13,10 +13,10 @@ from dataclasses import replace
 from typing import Sequence
 
 from triage.inputs.cases import Case, case_score, study_score
-from triage.results.records import CaseResult, CaseSummary, StudySummary
+from triage.results.records import CaseSummary, Row, StudySummary
 
 
-def mark_copies(rows: Sequence[CaseResult]) -> list[CaseResult]:
+def mark_copies(rows: Sequence[Row]) -> list[Row]:
     """The rows with ``copy_of`` set: the first path, in path order, of another file with the same sha256."""
     first: dict[str, str] = {}
     for row in sorted(rows, key=lambda row: row.path):
@@ -26,7 +26,7 @@ def mark_copies(rows: Sequence[CaseResult]) -> list[CaseResult]:
             for row in rows]
 
 
-def slice_rank(row: CaseResult) -> tuple[float, int]:
+def slice_rank(row: Row) -> tuple[float, int]:
     """The order of a case's slices: highest probability first, then the lower slice index.
 
     It decides which slices a case's card shows and which get heat maps, so both use it.
@@ -34,7 +34,7 @@ def slice_rank(row: CaseResult) -> tuple[float, int]:
     return -(row.probability or 0.0), row.slice_index or 0
 
 
-def summarise(case: Case, rows: Sequence[CaseResult], threshold: float, aggregate: str,
+def case_verdict(case: Case, rows: Sequence[Row], threshold: float, aggregate: str,
               top_k: int) -> CaseSummary:
     """A case's verdict from its rows; its ``top`` rows are its ``top_k`` highest, highest first."""
     scored = sorted((row for row in rows if row.ok and row.probability is not None),
@@ -52,7 +52,7 @@ def summarise(case: Case, rows: Sequence[CaseResult], threshold: float, aggregat
 
 
 def merge_copies(summaries: Sequence[CaseSummary],
-                 rows_by_case: dict[str, list[CaseResult]]) -> list[CaseSummary]:
+                 rows_by_case: dict[str, list[Row]]) -> list[CaseSummary]:
     """Summaries with copies told: a case whose rows have the bytes of an earlier case's is its copy."""
     merged = list(summaries)
     owners: dict[tuple[str, ...], int] = {}
@@ -84,14 +84,14 @@ def study_summaries(summaries: Sequence[CaseSummary], threshold: float) -> tuple
     return tuple(studies)
 
 
-def verdicts(cases: Sequence[Case], rows: Sequence[CaseResult], threshold: float, aggregate: str,
+def verdicts(cases: Sequence[Case], rows: Sequence[Row], threshold: float, aggregate: str,
              top_k: int) -> tuple[list[CaseSummary], tuple[StudySummary, ...]]:
     """Every case's summary and the studies; a loose file that is no image has no case, so no summary."""
-    by_case: dict[str, list[CaseResult]] = defaultdict(list)
+    by_case: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         if row.case_id is not None:
             by_case[row.case_id].append(row)
-    summaries = [summarise(case, by_case[case.case_id], threshold, aggregate, top_k)
+    summaries = [case_verdict(case, by_case[case.case_id], threshold, aggregate, top_k)
                  for case in cases if case.case_id in by_case]
     for case_rows in by_case.values():
         case_rows.sort(key=lambda row: (row.slice_index or 0, row.path))

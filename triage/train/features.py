@@ -28,10 +28,10 @@ from triage.engine.predictor import Decoded, Stop, decode_for_model, predict
 from triage.errors import Stopped
 from triage.inputs.images import DECODER_VERSION, read_file
 from triage.labelled.copies import image_fingerprint
-from triage.model.loading import library_versions
 from triage.model.network import BackboneWeights
 from triage.model.preprocess import PREPROCESS_VERSION
 from triage.outputs.atomic import atomic_write
+from triage.versions import library_versions
 
 if TYPE_CHECKING:
     import keras

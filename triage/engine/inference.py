@@ -1,0 +1,102 @@
+"""A model ready to score with: found, loaded at a precision and device, forward pass and Grad-CAM built once.
+
+One forward pass per batch gives both the probabilities and the activations
+Grad-CAM needs, so ``evaluate`` and ``scan`` compute a file's probability with
+the very same function.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triage.engine.forward import ForwardPass
+from triage.engine.gradcam import GradCam
+from triage.errors import ModelError, UsageError
+from triage.hashing import sha256_file
+from triage.model.card import MODEL_FILE, ModelCard, read_card
+from triage.model.loading import find_model
+from triage.model.network import (
+    CAM_LAYER,
+    choose_precision,
+    gpu_available,
+    load_classifier,
+    use_device,
+    with_precision,
+)
+from triage.model.summary import ModelSummary, model_summary
+from triage.settings import DEVICES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceModel:
+    """A model ready to score with: its card, facts, and its forward pass and Grad-CAM built once."""
+
+    folder: Path
+    card: ModelCard
+    summary: ModelSummary
+    forward: ForwardPass
+    gradcam: GradCam
+
+    @property
+    def image_size(self) -> int:
+        return self.card.image_size
+
+    @property
+    def device(self) -> str:
+        """Where the run's forward pass runs: ``cpu`` or ``gpu`` (on Ray, the actors')."""
+        return self.summary.device
+
+    @property
+    def precision(self) -> str:
+        """What the run's forward pass runs in: fp32, bf16 or fp16 (on Ray, the actors')."""
+        return self.summary.precision
+
+    def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
+        """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
+        return self.forward.run(batch)
+
+    def probabilities(self, batch: np.ndarray, n: int) -> np.ndarray:
+        """The probabilities of the first ``n`` rows of a (padded) batch."""
+        return self.predict(batch)[1][:n]
+
+
+def load_for_inference(model: str | Path | None = None, device: str = "auto",
+                       cam_layer: str = CAM_LAYER, precision: str = "auto") -> InferenceModel:
+    """Find, load and prepare a model at a precision (see :func:`triage.model.network.choose_precision`).
+
+    The one place a loaded model gets its precision: fp32 exact, bf16 and fp16
+    Keras's mixed policies (float32 head, output and Grad-CAM tail); XLA on a GPU.
+
+    Raises:
+        ModelError: no usable model, or a card that does not fit it.
+        UsageError: a GPU was asked for and there is none, or a precision this machine can't run.
+    """
+    if device not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.", option="device")
+    folder = find_model(model)
+    card = read_card(folder)
+    on_gpu = device != "cpu" and gpu_available()
+    if device == "gpu" and not on_gpu:
+        raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
+    chosen = choose_precision(precision, on_gpu)
+    use_device(on_gpu)
+    network = load_classifier(folder / MODEL_FILE)
+    size = card.image_size
+    if tuple(network.input.shape[1:]) != (size, size, 3):
+        raise ModelError(f"The model card says image size {size}, but the model takes "
+                         f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
+    network = with_precision(network, chosen)
+    device_used = "gpu" if on_gpu else "cpu"
+    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used)
+    forward = ForwardPass(network, cam_layer, jit_compile=on_gpu)
+    gradcam = GradCam(network, cam_layer)
+    log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
+             "GPU, XLA" if on_gpu else "CPU", chosen)
+    return InferenceModel(folder, card, summary, forward, gradcam)
