@@ -109,9 +109,8 @@ class Score:
     """A model actor: loads the model once; per batch, probabilities and Grad-CAM maps."""
 
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
-        from triage.model.loading import (
-            load_for_inference,  # GPU memory grows, see triage.model.network.use_device
-        )
+        # In the actor: GPU memory grows (see triage.model.network.use_device).
+        from triage.engine.inference import load_for_inference
 
         self.batch_size = batch_size
         try:

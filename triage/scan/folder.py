@@ -84,7 +84,7 @@ def scan_folder(
 
     Args:
         input_dir: Folder to scan (recursively).
-        model: The model, from :func:`triage.model.loading.load_for_inference`.
+        model: The model, from :func:`triage.engine.inference.load_for_inference`.
         options: Threshold, explain mode, batch size, cases and their scores.
         heatmap_dir: Where overlay PNGs go (None: make no heat maps).
         report_dir: Folder the report lives in; image paths are relative to it.
