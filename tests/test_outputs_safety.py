@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import blob_image
 from triage.cli import EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, _StopFlag, main
+from triage.hooks import RunHooks
 from triage.results.records import read_csv
 
 
@@ -146,7 +147,7 @@ def test_phases_are_reported_in_order(tmp_path: Path, folder: Path, trained_mode
     from triage.scan.run import run_scan
 
     phases: list[str] = []
-    run_scan(folder, tmp_path / "r.html", model=trained_model, on_phase=phases.append)
+    run_scan(folder, tmp_path / "r.html", model=trained_model, hooks=RunHooks(on_phase=phases.append))
     assert phases == ["scanning", "writing", "written"]
 
 

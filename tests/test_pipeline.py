@@ -22,6 +22,7 @@ from PIL import Image
 from conftest import IMAGE_SIZE, blob_image, make_blob_dataset
 from triage.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from triage.errors import ModelError, Stopped
+from triage.hooks import RunHooks
 from triage.model.card import CARD_FILE, CARD_SCHEMA_VERSION, read_card
 
 PACKAGE = Path(__file__).resolve().parents[1] / "triage"
@@ -140,8 +141,8 @@ def test_evaluate_writes_a_manifest_last_and_refuses_to_overwrite(tmp_path: Path
     first = CliRunner().invoke(main, args)
     assert first.exit_code == EXIT_OK, first.output
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["command"] == "evaluate" and manifest["n_scored"] == 80
-    assert set(manifest["outputs"]) | {"run.json"} == {p.name for p in out.iterdir()}
+    assert manifest["command"] == "evaluate" and manifest["counts"]["scored"] == 80
+    assert set(manifest["outputs"].values()) | {"run.json"} == {p.name for p in out.iterdir()}
     newest = max(out.iterdir(), key=lambda p: p.stat().st_mtime_ns)
     assert newest.name == "run.json"
 
@@ -166,7 +167,8 @@ def test_a_stopped_evaluation_writes_nothing(tmp_path: Path, trained_model: Path
         return len(calls) > 1
 
     with pytest.raises(Stopped):
-        evaluate_model(blob_dataset, tmp_path / "e", model=trained_model, should_stop=stop_after_first_batch)
+        evaluate_model(blob_dataset, tmp_path / "e", model=trained_model,
+                       hooks=RunHooks(should_stop=stop_after_first_batch))
     assert not (tmp_path / "e").exists() and list(tmp_path.iterdir()) == []
 
 

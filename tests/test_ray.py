@@ -17,6 +17,7 @@ from test_cases import write_series, write_volume
 
 from conftest import blob_image
 from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
+from triage.hooks import RunHooks
 from triage.model.network import cpu_has_bf16
 from triage.results.records import read_csv
 
@@ -87,7 +88,7 @@ def test_an_interrupted_ray_run_leaves_the_previous_outputs(local_ray, folder: P
     options = ScanOptions(engine="ray", ray=RaySettings(workers=1), batch_size=4, precision="fp32")
     with pytest.raises(KeyboardInterrupt):
         run_scan(folder, out / "report.html", model=trained_model, options=options, full=True,
-                 progress=second_ctrl_c)
+                 hooks=RunHooks(advance=second_ctrl_c))
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "_heatmaps" not in str(p)}
     assert after == {p: b for p, b in before.items() if "_heatmaps" not in str(p)}
     assert not list(out.rglob("*.tmp"))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from triage import RESEARCH_NOTICE, __version__
+from triage import RESEARCH_NOTICE, __version__, settings
 from triage.errors import LockHeld, ModelError, OutputError, Stopped, TriageError
 
 EXIT_OK = 0
@@ -175,19 +175,52 @@ def _interactive(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--batch-size, --quiet, --log-file, --verbose, shared by every command."""
-    for option in reversed([
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Images per forward pass [train: 32, scan/evaluate: 16]."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars; only errors and the summary."),
-        click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Append a timestamped log of the run to this file."),
-        click.option("--verbose", is_flag=True,
-                     help="Also show TensorFlow's and the other libraries' messages on stderr."),
-    ]):
-        command = option(command)
-    return command
+class CommandRun:
+    """What every command does around its library call: logging, the stop flag, progress, the summary."""
+
+    def __init__(self, quiet: bool, log_file: Path | None, verbose: bool, input_dir: Path, desc: str) -> None:
+        self.started = monotonic()
+        self.quiet = quiet
+        self.interactive = _interactive(quiet)
+        _setup_logging(quiet, log_file, verbose, input_dir)
+        self.stop = _StopFlag()
+        self.stop.install()
+        self.bar = Progress(self.interactive, desc=desc)
+
+    def hooks(self, **more: Any) -> Any:
+        """The library's :class:`triage.hooks.RunHooks`: this run's stop flag and progress bar."""
+        from triage.hooks import RunHooks
+
+        return RunHooks(should_stop=self.stop, on_start=self.bar.start, advance=self.bar.update,
+                        on_phase=self.stop.on_phase, **more)
+
+    def seconds(self) -> float:
+        return monotonic() - self.started
+
+    def summary(self, line: str) -> None:
+        """The one line on stdout (also with --quiet), and in the log file."""
+        log.info("%s", line)
+        click.echo(line)
+
+
+def runtime_options(batch_size: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--batch-size (with this command's default), --quiet, --log-file, --verbose: every command's."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed([
+            click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True,
+                         help="Images per forward pass."),
+            click.option("--quiet", "-q", is_flag=True,
+                         help="No progress bars; only errors and the summary."),
+            click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help="Append a timestamped log of the run to this file."),
+            click.option("--verbose", is_flag=True,
+                         help="Also show TensorFlow's and the other libraries' messages on stderr."),
+        ]):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -203,22 +236,17 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--device, shared by scan and evaluate."""
-    return click.option(
-        "--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-        help="auto uses a GPU when TensorFlow sees one (with XLA), else the CPU.",
-    )(command)
+def choice(name: str, choices: tuple[str, ...], help: str) -> Callable[[Callable[..., Any]], Any]:
+    """An option whose choices and default (the first choice) come from :mod:`triage.settings`."""
+    return click.option(name, type=click.Choice(choices), default=choices[0], show_default=True, help=help)
 
 
-def precision_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--precision, shared by train (feature extraction), scan and evaluate."""
-    return click.option(
-        "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-        show_default=True,
-        help="fp32 exact; bf16 mixed bfloat16 (GPU, or a CPU with native bfloat16); fp16 mixed "
-             "float16 (GPU only). auto: fp16 on a GPU, fp32 on a CPU.",
-    )(command)
+device_option = choice("--device", settings.DEVICES,
+                       "auto uses a GPU when TensorFlow sees one (with XLA), else the CPU.")
+precision_option = choice(
+    "--precision", settings.PRECISIONS,
+    "fp32 exact; bf16 mixed bfloat16 (GPU, or a CPU with native bfloat16); fp16 mixed "
+    "float16 (GPU only). auto: fp16 on a GPU, fp32 on a CPU.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -236,41 +264,39 @@ def main() -> None:
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Model folder to create [default: a new folder under models/ or $TRIAGE_MODELS].")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=32), default=256, show_default=True,
-              help="Side of the square images are resized to.")
-@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-              show_default=True, help="Share of images held out for validation.")
-@click.option("--seed", type=int, default=1337, show_default=True, help="Split and training seed.")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+@click.option("--epochs", type=click.IntRange(min=1), default=settings.EPOCHS, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=settings.MIN_IMAGE_SIZE), default=settings.IMAGE_SIZE,
+              show_default=True, help="Side of the square images are resized to.")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=settings.VAL_SPLIT, show_default=True, help="Share of images held out for validation.")
+@click.option("--seed", type=int, default=settings.SEED, show_default=True, help="Split and training seed.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=settings.LEARNING_RATE,
               show_default=True, help="Adam learning rate.")
-@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True,
+@click.option("--l2", type=click.FloatRange(min=0), default=settings.L2, show_default=True,
               help="L2 factor of the dense layers (recorded in the model card).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.35, show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=settings.DROPOUT,
+              show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=settings.THRESHOLD, show_default=True,
               help="Decision threshold stored in the model.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Instead of --threshold: the highest threshold whose validation sensitivity is >= S.")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="Also K-fold cross-validate the head on the kept features (copy groups kept whole, "
                    "the threshold rule nested in each fold); metrics go in the card.")
-@click.option("--split", "split_method", type=click.Choice(["grouped", "keras"]), default="grouped",
-              show_default=True,
-              help="grouped keeps copies of one scan on one side; keras is the thesis's file-for-file split.")
-@click.option("--positive", default="yes", show_default=True,
+@choice("--split", settings.SPLITS,
+        "grouped keeps copies of one scan on one side; keras is the thesis's file-for-file split.")
+@click.option("--positive", default=settings.POSITIVE_CLASS, show_default=True,
               help="Name of the tumour class sub-folder; the other one is the negative class.")
-@click.option("--backbone-weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
+@click.option("--backbone-weights", default=settings.BACKBONE_WEIGHTS, show_default=True,
+              metavar="imagenet|random|PATH",
               help="ImageNet weights from Keras's cache (or its download), a local .h5 file, "
                    "or `random` (tests and smoke runs only).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 @precision_option
-@runtime_options
+@runtime_options(settings.TRAIN_BATCH_SIZE)
 @handle_errors
-def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_split: float, seed: int,
-          learning_rate: float, l2: float, dropout: float, threshold: float,
-          target_sensitivity: float | None, folds: int | None, split_method: str, positive: str,
-          backbone_weights: str, no_cache: bool, precision: str, batch_size: int | None, quiet: bool,
-          log_file: Path | None, verbose: bool) -> int:
+def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_file: Path | None,
+          verbose: bool, **config: Any) -> int:
     """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
 
     The frozen backbone runs once per image (features are cached); the head
@@ -281,56 +307,52 @@ def train(data_dir: Path, out: Path | None, epochs: int, image_size: int, val_sp
     Example:
       triage train ../brain_tumor_dataset --epochs 30
     """
-    started = monotonic()
-    _setup_logging(quiet, log_file, verbose, data_dir)
-    from triage.quiet import metric_summary
+    run = CommandRun(quiet, log_file, verbose, data_dir, desc="features")
     from triage.train.training import TrainConfig, train_model
 
-    config = TrainConfig(
-        epochs=epochs, image_size=image_size, batch_size=batch_size or 32, val_split=val_split,
-        seed=seed, learning_rate=learning_rate, l2=l2, dropout=dropout, threshold=threshold,
-        target_sensitivity=target_sensitivity, folds=folds, split=split_method, positive=positive,
-        backbone_weights=backbone_weights, cache=not no_cache, precision=precision,
-    )
-    interactive = _interactive(quiet)
-    bar = Progress(interactive, desc="features")
+    log.info("train %s", data_dir)
+    try:
+        result = train_model(data_dir, out, TrainConfig(**config, cache=not no_cache),
+                             hooks=run.hooks(on_epoch=_epoch_printer(run, config["epochs"])))
+    finally:
+        run.bar.close()
+    card = result.card
+    for warning in ([card.warning] if card.warning else []) + training_warnings(card):
+        log.warning("%s", warning)  # stderr unless --quiet; always the log file
+    if not quiet:
+        _print_training_details(card, result.out_dir)
+    run.summary(_training_summary(data_dir, result.out_dir, card, run.seconds()))
+    return EXIT_OK
+
+
+def _epoch_printer(run: CommandRun, epochs: int) -> Callable[[int, dict[str, float]], None]:
+    """One line per epoch on a terminal; the feature bar ends with the first epoch."""
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         if epoch == 1:
-            bar.close()
-        if interactive:
+            run.bar.close()
+        if run.interactive:
             click.echo(f"epoch {epoch:>3}/{epochs}  loss {logs.get('loss', 0):.4f}  "
                        f"acc {logs.get('accuracy', 0):.3f}  val_loss {logs.get('val_loss', 0):.4f}  "
                        f"val_acc {logs.get('val_accuracy', 0):.3f}", err=True)
 
-    log.info("train %s", data_dir)
-    stop = _StopFlag()
-    stop.install()
-    try:
-        result = train_model(data_dir, out, config, should_stop=stop, progress=bar.update,
-                             on_start=bar.start, on_epoch=on_epoch)
-    finally:
-        bar.close()
-    card = result.card
-    metrics = card.validation_metrics
-    if card.warning:
-        log.warning("%s", card.warning)  # stderr unless --quiet; always the log file
-    for warning in training_warnings(card):
-        log.warning("%s", warning)
-    images = (f"{card.data.n_images} images ({card.split.train.n} train, "
-              f"{card.split.validation.n} validation, {card.split.method} split), "
-              f"{len(card.data.skipped)} skipped")
-    if not quiet:
-        _print_training_details(card, result.out_dir, images)
+    return on_epoch
+
+
+def _images_line(card: Any) -> str:
+    return (f"{card.data.n_images} images ({card.split.train.n} train, "
+            f"{card.split.validation.n} validation, {card.split.method} split), "
+            f"{len(card.data.skipped)} skipped")
+
+
+def _training_summary(data_dir: Path, out_dir: Path, card: Any, seconds: float) -> str:
+    from triage.labelled.metrics import metric_summary
+
     copies = card.copies.groups if card.copies else 0
-    summary = (f"triage train {data_dir}: model {result.out_dir}, {images}, {copies} copy groups; "
-               f"validation {metric_summary(metrics)}; threshold {card.threshold:.3f} "
-               f"({card.threshold_source}); "
-               f"precision {card.features.precision if card.features else 'fp32'}; "
-               f"{monotonic() - started:.1f} s")
-    log.info("%s", summary)
-    click.echo(summary)
-    return EXIT_OK
+    return (f"triage train {data_dir}: model {out_dir}, {_images_line(card)}, {copies} copy groups; "
+            f"validation {metric_summary(card.validation_metrics)}; threshold {card.threshold:.3f} "
+            f"({card.threshold_source}); "
+            f"precision {card.features.precision if card.features else 'fp32'}; {seconds:.1f} s")
 
 
 def training_warnings(card: Any) -> list[str]:
@@ -348,11 +370,11 @@ def training_warnings(card: Any) -> list[str]:
     return warnings
 
 
-def _print_training_details(card: Any, out_dir: Path, images: str) -> None:
+def _print_training_details(card: Any, out_dir: Path) -> None:
     from triage.labelled.metrics import format_metric
 
     click.echo(f"model: {out_dir}")
-    click.echo(f"images: {images}")
+    click.echo(f"images: {_images_line(card)}")
     for row in card.data.skipped:
         click.echo(f"  skipped {row.path}: {row.reason}")
     if card.copies:
@@ -379,15 +401,15 @@ def _print_training_details(card: Any, out_dir: Path, images: str) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for metrics.json, predictions.csv, roc_curve.png, confusion_matrix.png "
                    "[default: ./evaluation-<model id>].")
-@click.option("--positive", default="yes", show_default=True, help="Name of the tumour class sub-folder.")
+@click.option("--positive", default=settings.POSITIVE_CLASS, show_default=True,
+              help="Name of the tumour class sub-folder.")
 @click.option("--force", is_flag=True, help="Replace an earlier evaluation in the --out folder.")
 @device_option
 @precision_option
-@runtime_options
+@runtime_options(settings.SCAN_BATCH_SIZE)
 @handle_errors
-def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Path | None,
-             positive: str, force: bool, device: str, precision: str, batch_size: int | None, quiet: bool,
-             log_file: Path | None, verbose: bool) -> int:
+def evaluate(data_dir: Path, out: Path | None, quiet: bool, log_file: Path | None, verbose: bool,
+             **settings_: Any) -> int:
     """Measure a model on DATA_DIR (labelled like the training folder).
 
     Prints accuracy, ROC AUC, sensitivity, specificity, precision and F1 with
@@ -398,49 +420,57 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
     Example:
       triage evaluate ./labelled_folder --model models/vgg19-20261125-101500-ab12cd
     """
-    started = monotonic()
-    _setup_logging(quiet, log_file, verbose, data_dir)
+    run = CommandRun(quiet, log_file, verbose, data_dir, desc="evaluate")
     from triage.evaluate.evaluation import evaluate_model
-    from triage.labelled.metrics import format_metric
-    from triage.quiet import metric_summary
 
-    bar = Progress(_interactive(quiet), desc="evaluate")
-    stop = _StopFlag()
-    stop.install()
     try:
-        result = evaluate_model(data_dir, out, model=model, threshold=threshold, positive=positive,
-                                batch_size=batch_size or 16, device=device, precision=precision,
-                                force=force, should_stop=stop, on_start=bar.start, progress=bar.update)
+        result = evaluate_model(data_dir, out, **settings_, hooks=run.hooks())
     finally:
-        bar.close()
-    metrics = result.metrics
-    skipped = result.report["data"]["skipped"]
-    for row in skipped:
-        log.warning("skipped %s: %s", row["path"], row["reason"])
-    if result.report["model"].get("backbone_weights") == "random":
-        log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
-    copies = result.report["copies_of_training"]
-    if copies:
-        clean = result.report["metrics_without_copies"]
-        log.warning("%d of %d images are copies of the model's training images: the metrics are "
-                    "optimistic; without them (n = %d): %s", copies, metrics["n"], clean["n"],
-                    metric_summary(clean))
-    cm = metrics["confusion_matrix"]
+        run.bar.close()
+    for warning in _evaluation_warnings(result):
+        log.warning("%s", warning)
     if not quiet:
-        click.echo(f"model: {result.report['model']['id']}   threshold {metrics['threshold']:.4f}   "
-                   f"n = {metrics['n']}")
-        for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
-            click.echo(f"  {name:<12} {format_metric(metrics[name])}")
-        click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
-        click.echo(f"written: {result.out_dir}")
-    summary = (f"triage evaluate {data_dir}: model {result.report['model']['id']}, {metrics['n']} images, "
-               f"{len(skipped)} skipped, {copies} copies of training images; {metric_summary(metrics)}; "
-               f"TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
-               f"threshold {metrics['threshold']:.3f}; precision {result.precision}; "
-               f"{monotonic() - started:.1f} s -> {result.out_dir}")
-    log.info("%s", summary)
-    click.echo(summary)
+        _print_evaluation(result)
+    run.summary(_evaluation_summary(data_dir, result, run.seconds()))
     return EXIT_OK
+
+
+def _evaluation_warnings(result: Any) -> list[str]:
+    from triage.labelled.metrics import metric_summary
+
+    warnings = [f"skipped {row['path']}: {row['reason']}" for row in result.skipped]
+    if result.model.random_backbone:
+        warnings.append("the model has a RANDOM backbone (tests only); its scores mean nothing.")
+    if result.copies_of_training:
+        clean = result.metrics_without_copies
+        warnings.append(f"{len(result.copies_of_training)} of {result.metrics['n']} images are copies of the "
+                        f"model's training images: the metrics are optimistic; without them "
+                        f"(n = {clean['n']}): {metric_summary(clean)}")
+    return warnings
+
+
+def _print_evaluation(result: Any) -> None:
+    from triage.labelled.metrics import format_metric
+
+    metrics = result.metrics
+    cm = metrics["confusion_matrix"]
+    click.echo(f"model: {result.model.id}   threshold {result.threshold:.4f}   n = {metrics['n']}")
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
+        click.echo(f"  {name:<12} {format_metric(metrics[name])}")
+    click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    click.echo(f"written: {result.out_dir}")
+
+
+def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
+    from triage.labelled.metrics import metric_summary
+
+    metrics = result.metrics
+    cm = metrics["confusion_matrix"]
+    return (f"triage evaluate {data_dir}: model {result.model.id}, {metrics['n']} images, "
+            f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
+            f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
+            f"threshold {result.threshold:.3f}; precision {result.precision}; "
+            f"{seconds:.1f} s -> {result.out_dir}")
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -450,38 +480,34 @@ def evaluate(data_dir: Path, model: str | None, threshold: float | None, out: Pa
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV of every file [default: beside the report, same stem].")
 @model_options
-@click.option("--explain", type=click.Choice(["flagged", "all", "none"]), default="flagged",
-              show_default=True, help="Which scans get a Grad-CAM heat map.")
-@click.option("--max-report-cases", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Flagged cases shown in the PDF at most (the HTML and CSV hold all).")
-@click.option("--group-by", type=click.Choice(["auto", "file"]), default="auto", show_default=True,
-              help="auto: a DICOM series or a NIfTI volume is one case; file: every file and frame is one.")
-@click.option("--aggregate", type=click.Choice(["max", "topk"]), default="max", show_default=True,
-              help="A case's score: its highest slice, or the mean of its --top-k highest.")
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+@choice("--explain", settings.EXPLAIN, "Which scans get a Grad-CAM heat map.")
+@click.option("--max-report-cases", type=click.IntRange(min=1), default=settings.MAX_REPORT_CASES,
+              show_default=True, help="Flagged cases shown in the PDF at most (the HTML and CSV hold all).")
+@choice("--group-by", settings.GROUP_BY,
+        "auto: a DICOM series or a NIfTI volume is one case; file: every file and frame is one.")
+@choice("--aggregate", settings.AGGREGATES,
+        "A case's score: its highest slice, or the mean of its --top-k highest.")
+@click.option("--top-k", type=click.IntRange(min=1), default=settings.TOP_K, show_default=True,
               help="Slices in a topk score, and slices of a flagged case shown with heat maps.")
-@click.option("--modality", default="MR", show_default=True, metavar="LIST",
+@click.option("--modality", default=",".join(settings.MODALITIES), show_default=True, metavar="LIST",
               help="DICOM modalities to score, comma-separated (e.g. MR,OT); others are skipped.")
 @device_option
 @precision_option
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process; ray: Ray Data (pip install 'triage[ray]'), same outputs.")
+@choice("--engine", settings.ENGINES,
+        "local: this process; ray: Ray Data (pip install 'triage[ray]'), same outputs.")
 @click.option("--ray-address", metavar="ADDRESS", default=None,
               help="Join this running Ray cluster [default: start a local Ray for the run, stop it after].")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=settings.WORKERS, show_default=True,
               help="Model actors of the ray engine.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
               help="GPUs each model actor reserves (may be fractional, e.g. 0.5).")
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
-@runtime_options
+@runtime_options(settings.SCAN_BATCH_SIZE)
 @handle_errors
-def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, threshold: float | None,
-         explain: str, max_report_cases: int, group_by: str, aggregate: str, top_k: int, modality: str,
-         device: str, precision: str, engine: str, ray_address: str | None, workers: int,
-         gpus_per_worker: float, full: bool, wait: float,
-         batch_size: int | None, quiet: bool, log_file: Path | None, verbose: bool) -> int:
+def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, max_report_cases: int,
+         full: bool, wait: float, quiet: bool, log_file: Path | None, verbose: bool, **options: Any) -> int:
     """Score every image, DICOM series and NIfTI volume under INPUT_DIR; write the CSVs and the report.
 
     Every image or slice gets a CSV row: `ok` with a probability, or an error
@@ -494,50 +520,51 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, t
     Example:
       triage scan ./incoming --out reports/report.pdf
     """
-    _setup_logging(quiet, log_file, verbose, input_dir)
-    from triage.engine.ray_data import RaySettings
-    from triage.scan.folder import ScanOptions
+    run = CommandRun(quiet, log_file, verbose, input_dir, desc="scan")
     from triage.scan.run import run_scan
 
-    stop = _StopFlag()
-    stop.install()
-    bar = Progress(_interactive(quiet), desc="scan")
     log.info("scan %s -> %s", input_dir, out)
-    options = ScanOptions(threshold=threshold, explain=explain, batch_size=batch_size or 16, device=device,
-                          precision=precision, group_by=group_by, aggregate=aggregate, top_k=top_k,
-                          modalities=tuple(m.strip().upper() for m in modality.split(",") if m.strip()),
-                          engine=engine, ray=RaySettings(ray_address, workers, gpus_per_worker))
     try:
-        result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=options,
+        result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=_scan_options(**options),
                                  max_report_cases=max_report_cases, full=full, wait=wait,
-                                 log_file=log_file, should_stop=stop, on_phase=stop.on_phase,
-                                 on_found=bar.start, progress=bar.update)
+                                 log_file=log_file, hooks=run.hooks())
     finally:
-        bar.close()
-    counts = result.counts()
-    summary = (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
-               f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
-               f"{counts['failed']} failed, {counts['skipped']} skipped"
-               + (f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else "")
-               + f"; {counts['cases']} cases ({counts['cases_flagged']} flagged)"
-               + (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
-                  if counts["studies"] else "")
-               + f"; threshold {result.threshold:.3f}; precision {result.model.precision}"
-               + f"; {result.seconds:.1f} s"
-               + f" -> {paths.pdf or paths.html}")
-    log.info("%s", summary)
-    click.echo(summary)
+        run.bar.close()
+    run.summary(_scan_summary(input_dir, result, paths.pdf or paths.html))
     if result.model.random_backbone:  # warnings: stderr unless --quiet; always the log file
         log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
-    if counts["failed"]:
-        log.warning("%d files could not be read: the CSV says which and why", counts["failed"])
+    if result.failed:
+        log.warning("%d files could not be read: the CSV says which and why", result.failed)
     if not quiet:
         click.echo(RESEARCH_NOTICE, err=True)
     if result.interrupted:
-        if stop.pressed_twice:
+        if run.stop.pressed_twice:
             log.warning("interrupted twice: every output is this run's, complete for what was scored")
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def _scan_options(modality: str, ray_address: str | None, workers: int, gpus_per_worker: float,
+                  **options: Any) -> Any:
+    from triage.engine.ray_data import RaySettings
+    from triage.scan.folder import ScanOptions
+
+    modalities = tuple(m.strip().upper() for m in modality.split(",") if m.strip())
+    return ScanOptions(**options, modalities=modalities,
+                       ray=RaySettings(ray_address, workers, gpus_per_worker))
+
+
+def _scan_summary(input_dir: Path, result: Any, report: Path) -> str:
+    counts = result.counts()
+    studies = (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
+               if counts["studies"] else "")
+    not_scanned = f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else ""
+    return (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
+            f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped{not_scanned}"
+            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}"
+            f"; threshold {result.threshold:.3f}; precision {result.model.precision}"
+            f"; {result.seconds:.1f} s -> {report}")
 
 
 def entry_point() -> None:

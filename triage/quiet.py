@@ -33,7 +33,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 _handlers: list[logging.Handler] = []
 _verbose = [True]  # until silence_libraries says otherwise (the library used on its own prints)
@@ -115,18 +115,3 @@ def native_lines_to_log(name: str) -> Iterator[None]:
         for line in lines:
             if line.strip():
                 logging.getLogger(name).info("%s", line.strip())
-
-
-def metric_summary(metrics: Mapping[str, Any],
-                   names: tuple[str, ...] = ("accuracy", "roc_auc", "sensitivity", "specificity")) -> str:
-    """``accuracy 0.900 [0.786, 0.957], roc_auc ...``: metrics with their 95% CIs, for one summary line."""
-    parts = []
-    for name in names:
-        metric = metrics[name]
-        if metric.get("value") is None:
-            parts.append(f"{name} n/a")
-        elif metric.get("ci_low") is None:
-            parts.append(f"{name} {metric['value']:.3f}")
-        else:
-            parts.append(f"{name} {metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]")
-    return ", ".join(parts)

@@ -36,5 +36,5 @@ BACKBONE_WEIGHTS = "imagenet"
 SCAN_BATCH_SIZE = 16
 TOP_K = 3
 MAX_REPORT_CASES = 200
-MODALITIES = "MR"
+MODALITIES = ("MR",)  # DICOM modalities scored by default
 WORKERS = 1

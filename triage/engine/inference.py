@@ -18,7 +18,7 @@ from triage.engine.forward import ForwardPass
 from triage.engine.gradcam import GradCam
 from triage.errors import ModelError, UsageError
 from triage.hashing import sha256_file
-from triage.model.card import MODEL_FILE, ModelCard, read_card
+from triage.model.card import MODEL_FILE, ModelCard, check_threshold, read_card
 from triage.model.loading import find_model
 from triage.model.network import (
     CAM_LAYER,
@@ -61,6 +61,11 @@ class InferenceModel:
     def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
         """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
         return self.forward.run(batch)
+
+    def threshold(self, override: float | None = None) -> float:
+        """The run's decision threshold: ``override`` when given, else the model card's."""
+        check_threshold(override)
+        return self.card.threshold if override is None else override
 
     def probabilities(self, batch: np.ndarray, n: int) -> np.ndarray:
         """The probabilities of the first ``n`` rows of a (padded) batch."""

@@ -20,28 +20,41 @@ from typing import Any, Callable
 
 import numpy as np
 
-from triage import __version__
+from triage import __version__, settings
 from triage.engine.inference import InferenceModel, load_for_inference
 from triage.engine.predictor import Decoded, Stop, decode_image, predict
 from triage.errors import DataError, Stopped, UsageError
+from triage.hooks import RunHooks
 from triage.labelled.copies import image_fingerprint, near_matches
 from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
 from triage.labelled.metrics import binary_metrics
-from triage.model.card import TrainingImages, read_card
+from triage.model.card import TrainingImages, check_threshold, read_card
 from triage.model.loading import find_model
+from triage.model.summary import ModelSummary
 from triage.outputs.atomic import atomic_write_text
+from triage.results.run_record import RUN_FILE, run_record
 from triage.versions import library_versions
 
-MANIFEST_FILE = "run.json"
-EVALUATION_SCHEMA_VERSION = 1
+OUTPUTS = {"metrics": "metrics.json", "predictions": "predictions.csv", "roc_curve": "roc_curve.png",
+           "confusion_matrix": "confusion_matrix.png"}
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """What ``triage evaluate`` measured and where it wrote it (``metrics.json`` holds the same)."""
+
     out_dir: Path
-    metrics: dict[str, Any]
-    report: dict[str, Any]
-    precision: str = "fp32"  # what the forward pass ran in
+    model: ModelSummary  # with the device and precision the forward pass ran in
+    threshold: float
+    metrics: dict[str, Any]  # of :func:`triage.labelled.metrics.binary_metrics`, with n and intervals
+    n_images: int
+    skipped: tuple[dict[str, str], ...]  # path, status and reason of each file that could not be read
+    copies_of_training: tuple[str, ...]  # files that are copies of images the model was trained on
+    metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
+
+    @property
+    def precision(self) -> str:
+        return self.model.precision
 
 
 @dataclass(frozen=True)
@@ -56,11 +69,10 @@ class Scores:
 
 
 def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
-                   threshold: float | None = None, positive: str = "yes", batch_size: int = 16,
-                   device: str = "auto", precision: str = "auto", force: bool = False,
-                   should_stop: Callable[[], bool] = lambda: False,
-                   on_start: Callable[[int], None] | None = None,
-                   progress: Callable[[int], None] | None = None) -> Evaluation:
+                   threshold: float | None = None, positive: str = settings.POSITIVE_CLASS,
+                   batch_size: int = settings.SCAN_BATCH_SIZE, device: str = settings.DEVICES[0],
+                   precision: str = settings.PRECISIONS[0], force: bool = False,
+                   hooks: RunHooks = RunHooks()) -> Evaluation:
     """Score a labelled folder with a saved model and write metrics, ROC and confusion plots.
 
     Args:
@@ -74,34 +86,40 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         device: ``auto``, ``cpu`` or ``gpu``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``choose_precision``).
         force: Replace an earlier evaluation in ``out_dir``.
-        should_stop: Polled between batches; True stops with nothing written.
-        on_start, progress: Progress callbacks.
+        hooks: ``should_stop`` (polled between batches; True stops with nothing written),
+            ``on_start`` and ``advance`` (images to score, images scored).
 
     Returns:
-        Where the results went, and the metrics.
+        What was measured, and where it went.
 
     Raises:
         DataError, ModelError, UsageError: see :mod:`triage.errors`.
         Stopped: a stop was asked for; nothing was written.
     """
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise UsageError(f"The threshold must be in [0, 1], got {threshold}.", option="threshold")
+    check_threshold(threshold)
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     labelled = index_labelled(Path(data_dir), positive, seed=None)
     folder = find_model(model)
     out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{read_card(folder).model_id}")
     _check_out_dir(out_dir, force)  # before the model is loaded: a refusal should not wait for it
     loaded = load_for_inference(folder, device, precision=precision)
-    threshold = loaded.card.threshold if threshold is None else threshold
-    if on_start:
-        on_start(len(labelled.files))
-    scores = score_labelled(labelled, loaded, batch_size, Stop(should_stop), progress)
-    metrics = binary_metrics(scores.labels, scores.probabilities, threshold)
-    report = _report(data_dir, labelled, scores, loaded, metrics, threshold)
-    seconds = time.perf_counter() - clock
-    manifest = _manifest(loaded, threshold, batch_size, started, seconds, len(scores.files))
-    _write_folder(out_dir, labelled, scores, threshold, report, manifest)
-    return Evaluation(out_dir, metrics, report, loaded.precision)
+    threshold = loaded.threshold(threshold)
+    hooks.on_start(len(labelled.files))
+    scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance)
+    evaluation = _evaluation(out_dir, loaded, scores, threshold)
+    manifest = _manifest(evaluation, labelled, batch_size, started, time.perf_counter() - clock)
+    _write_folder(out_dir, labelled, scores, _metrics_json(data_dir, labelled, evaluation), manifest)
+    return evaluation
+
+
+def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold: float) -> Evaluation:
+    fresh = ~scores.copy_of_training
+    clean = (binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
+             if scores.copy_of_training.any() else None)
+    copies = tuple(f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c)
+    return Evaluation(out_dir, loaded.summary, threshold,
+                      binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
+                      scores.skipped, copies, clean)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -154,45 +172,35 @@ def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -
     return exact | near
 
 
-def _report(data_dir: Path, labelled: LabelledSet, scores: Scores, loaded: InferenceModel,
-            metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
+def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation) -> dict[str, Any]:
     """The content of ``metrics.json``."""
-    card = loaded.card
-    fresh = ~scores.copy_of_training
+    model = evaluation.model
     return {
         "tool_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": {"path": str(Path(data_dir).resolve()), "n_images": len(scores.files),
+        "data": {"path": str(Path(data_dir).resolve()), "n_images": evaluation.n_images,
                  "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
-                 "skipped": list(scores.skipped)},
-        "model": {"id": card.model_id, "path": str(loaded.folder.resolve()),
-                  "sha256": loaded.summary.sha256, "backbone_weights": card.backbone.weights},
-        "metrics": metrics,
-        "copies_of_training": int(scores.copy_of_training.sum()),
-        "copies_of_training_files": [f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c],
-        "metrics_without_copies": binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
-        if scores.copy_of_training.any() else None,
+                 "skipped": list(evaluation.skipped)},
+        "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
+                  "backbone_weights": model.backbone_weights},
+        "metrics": evaluation.metrics,
+        "copies_of_training": len(evaluation.copies_of_training),
+        "copies_of_training_files": list(evaluation.copies_of_training),
+        "metrics_without_copies": evaluation.metrics_without_copies,
     }
 
 
-def _manifest(loaded: InferenceModel, threshold: float, batch_size: int, started: dt.datetime,
-              seconds: float, n_scored: int) -> dict[str, Any]:
-    """The content of ``run.json``, written last: what ran, on what, and what it wrote."""
-    return {
-        "schema_version": EVALUATION_SCHEMA_VERSION,
-        "command": "evaluate",
-        "versions": library_versions(),
-        "model": {"id": loaded.card.model_id, "path": str(loaded.folder.resolve()),
-                  "sha256": loaded.summary.sha256},
-        "threshold": threshold,
-        "batch_size": batch_size,
-        "device": loaded.device,
-        "precision": loaded.precision,
-        "n_scored": n_scored,
-        "started_at": started.isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "outputs": ["metrics.json", "predictions.csv", "roc_curve.png", "confusion_matrix.png"],
-    }
+def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, started: dt.datetime,
+              seconds: float) -> dict[str, Any]:
+    """The content of ``run.json``, written last (see :mod:`triage.results.run_record`)."""
+    counts = {"found": len(labelled.files), "scored": evaluation.n_images, "skipped": len(evaluation.skipped),
+              "copies_of_training": len(evaluation.copies_of_training)}
+    finished = dt.datetime.now(dt.timezone.utc)
+    return run_record("evaluate", evaluation.model, threshold=evaluation.threshold,
+                      versions=library_versions(), counts=counts,
+                      started_at=started.isoformat(timespec="seconds"),
+                      finished_at=finished.isoformat(timespec="seconds"), seconds=seconds, outputs=OUTPUTS,
+                      data_dir=str(labelled.root.resolve()), batch_size=batch_size)
 
 
 def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) -> str:
@@ -205,8 +213,8 @@ def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) ->
     return buffer.getvalue()
 
 
-def _write_folder(out_dir: Path, labelled: LabelledSet, scores: Scores, threshold: float,
-                  report: dict[str, Any], manifest: dict[str, Any]) -> None:
+def _write_folder(out_dir: Path, labelled: LabelledSet, scores: Scores, report: dict[str, Any],
+                  manifest: dict[str, Any]) -> None:
     """Write everything into a temporary folder, then swap it in for ``out_dir``."""
     from triage.report.charts import confusion_matrix_png, roc_curve_png
 
@@ -216,12 +224,13 @@ def _write_folder(out_dir: Path, labelled: LabelledSet, scores: Scores, threshol
     try:
         metrics = report["metrics"]
         roc_curve_png(scores.labels, scores.probabilities, metrics["roc_auc"]["value"],
-                      staging / "roc_curve.png")
+                      staging / OUTPUTS["roc_curve"])
         confusion_matrix_png(metrics["confusion_matrix"], labelled.class_names,
-                             staging / "confusion_matrix.png")
-        atomic_write_text(staging / "predictions.csv", _predictions_csv(labelled, scores, threshold))
-        atomic_write_text(staging / "metrics.json", json.dumps(report, indent=2) + "\n")
-        atomic_write_text(staging / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+                             staging / OUTPUTS["confusion_matrix"])
+        atomic_write_text(staging / OUTPUTS["predictions"],
+                          _predictions_csv(labelled, scores, metrics["threshold"]))
+        atomic_write_text(staging / OUTPUTS["metrics"], json.dumps(report, indent=2) + "\n")
+        atomic_write_text(staging / RUN_FILE, json.dumps(manifest, indent=2) + "\n")
         _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

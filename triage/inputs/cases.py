@@ -19,13 +19,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pydicom
 
+from triage import settings
 from triage.errors import ImageLoadError, UsageError
 from triage.inputs import dicom_series
 from triage.inputs import nifti as volumes
 from triage.inputs.images import FoundFile, _scale, read_image
 
-GROUP_BY = ("auto", "file")
-AGGREGATES = ("max", "topk")
 # The window of a case without a stored one: these percentiles of all its values.
 WINDOW_PERCENTILES = (0.5, 99.5)
 _SAMPLES_PER_SLICE = 1 << 16  # values per slice that the percentiles are taken over, at most
@@ -99,8 +98,8 @@ def build_cases(found: Sequence[FoundFile], *, group_by: str = "auto",
         The cases, sorted by their first file's relpath; and the other rows (loose
         images, and rows with a status from discover()), for :func:`image_case`.
     """
-    if group_by not in GROUP_BY:
-        raise UsageError(f"Group by must be one of {', '.join(GROUP_BY)}, got {group_by!r}.",
+    if group_by not in settings.GROUP_BY:
+        raise UsageError(f"Group by must be one of {', '.join(settings.GROUP_BY)}, got {group_by!r}.",
                          option="group_by")
     wanted = {modality.upper() for modality in modalities}
     cases: list[Case] = []
@@ -245,7 +244,7 @@ def case_score(probabilities: Sequence[float], aggregate: str = "max", top_k: in
     if aggregate == "max":
         return float(max(probabilities))
     if aggregate != "topk":
-        raise UsageError(f"The aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}.",
+        raise UsageError(f"The aggregate must be one of {', '.join(settings.AGGREGATES)}, got {aggregate!r}.",
                          option="aggregate")
     if top_k < 1:
         raise UsageError(f"Top k must be at least 1, got {top_k}.", option="top_k")

@@ -9,7 +9,7 @@ anything from 0.79 to 0.96, and a lab must see that.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -135,3 +135,18 @@ def format_metric(metric: dict[str, Any]) -> str:
     if metric.get("ci_low") is None:
         return f"{metric['value']:.3f} (n={metric['n']})"
     return f"{metric['value']:.3f} (95% CI {metric['ci_low']:.3f}-{metric['ci_high']:.3f}, n={metric['n']})"
+
+
+def metric_summary(metrics: Mapping[str, Any],
+                   names: tuple[str, ...] = ("accuracy", "roc_auc", "sensitivity", "specificity")) -> str:
+    """``accuracy 0.900 [0.786, 0.957], roc_auc ...``: metrics with their 95% CIs, for one summary line."""
+    parts = []
+    for name in names:
+        metric = metrics[name]
+        if metric.get("value") is None:
+            parts.append(f"{name} n/a")
+        elif metric.get("ci_low") is None:
+            parts.append(f"{name} {metric['value']:.3f}")
+        else:
+            parts.append(f"{name} {metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]")
+    return ", ".join(parts)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from triage.errors import ModelError
+from triage.errors import ModelError, UsageError
 from triage.outputs.atomic import atomic_write_text
 
 MODEL_FILE = "model.keras"
@@ -26,6 +26,16 @@ CARD_SCHEMA_VERSION = 2
 # Schema 1 cards (before copies and threshold sources) read with those fields empty.
 READABLE_SCHEMAS = (1, 2)
 RANDOM_WARNING = "RANDOM BACKBONE: built for tests and smoke runs only; its scores mean nothing."
+
+
+def check_threshold(value: float | None) -> None:
+    """A threshold given on the command line or in a config: a probability, or None for the card's.
+
+    Raises:
+        UsageError: not in [0, 1] (NaN included).
+    """
+    if value is not None and not 0 <= value <= 1:
+        raise UsageError(f"The threshold must be in [0, 1], got {value}.", option="threshold")
 
 
 def models_root() -> Path:

@@ -10,15 +10,16 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from triage import settings
 from triage.engine.heatmaps import HeatmapWriter
 from triage.engine.inference import InferenceModel
 from triage.engine.predictor import Stop
 from triage.engine.ray_data import RaySettings, require_ray
 from triage.errors import UsageError
-from triage.inputs.cases import AGGREGATES, GROUP_BY
+from triage.hooks import RunHooks
 from triage.inputs.images import discover
+from triage.model.card import check_threshold
 from triage.model.network import CAM_LAYER
 from triage.results.records import Row, ScanResult
 from triage.scan.plan import Plan, case_fields, plan_scan, rows_in_path_order
@@ -26,43 +27,40 @@ from triage.scan.scorer import CaseScorer, score_cases
 from triage.scan.verdicts import mark_copies, verdicts
 from triage.versions import library_versions
 
-EXPLAIN_CHOICES = ("flagged", "all", "none")
-ENGINES = ("local", "ray")
-
 
 @dataclass(frozen=True)
 class ScanOptions:
     """Settings of a scan; ``threshold`` None means the model card's threshold."""
 
     threshold: float | None = None
-    explain: str = "flagged"
-    batch_size: int = 16
+    explain: str = settings.EXPLAIN[0]  # flagged | all | none
+    batch_size: int = settings.SCAN_BATCH_SIZE
     cam_layer: str = CAM_LAYER
-    device: str = "auto"  # auto | cpu | gpu
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16, see triage.model.network.choose_precision
-    group_by: str = "auto"  # auto: a series or volume is a case; file: every file and frame is one
-    aggregate: str = "max"  # a case's score: max, or topk (the mean of its top_k highest slices)
-    top_k: int = 3  # slices in a topk score, and slices of a flagged case that get heat maps
-    modalities: tuple[str, ...] = ("MR",)  # DICOM modalities that are scored
-    engine: str = "local"  # local: this process; ray: Ray Data (see ray)
+    device: str = settings.DEVICES[0]  # auto | cpu | gpu
+    precision: str = settings.PRECISIONS[0]  # auto | fp32 | bf16 | fp16, see network.choose_precision
+    group_by: str = settings.GROUP_BY[0]  # auto: a series or volume is a case; file: every file, frame
+    aggregate: str = settings.AGGREGATES[0]  # a case's score: max, or topk (mean of its top_k highest)
+    top_k: int = settings.TOP_K  # slices in a topk score, and slices of a flagged case that get heat maps
+    modalities: tuple[str, ...] = settings.MODALITIES  # DICOM modalities that are scored
+    engine: str = settings.ENGINES[0]  # local: this process; ray: Ray Data (see ray)
     ray: RaySettings = RaySettings()  # where and how wide the ray engine runs
 
     def validate(self) -> None:
-        if self.threshold is not None and not 0 <= self.threshold <= 1:
-            raise UsageError(f"The threshold must be in [0, 1], got {self.threshold}.", option="threshold")
-        if self.explain not in EXPLAIN_CHOICES:
-            raise UsageError(f"Explain must be one of {', '.join(EXPLAIN_CHOICES)}.", option="explain")
+        check_threshold(self.threshold)
+        if self.explain not in settings.EXPLAIN:
+            raise UsageError(f"Explain must be one of {', '.join(settings.EXPLAIN)}.", option="explain")
         if self.batch_size < 1:
             raise UsageError(f"The batch size must be at least 1, got {self.batch_size}.",
                              option="batch_size")
-        if self.group_by not in GROUP_BY:
-            raise UsageError(f"Group by must be one of {', '.join(GROUP_BY)}.", option="group_by")
-        if self.aggregate not in AGGREGATES:
-            raise UsageError(f"The aggregate must be one of {', '.join(AGGREGATES)}.", option="aggregate")
+        if self.group_by not in settings.GROUP_BY:
+            raise UsageError(f"Group by must be one of {', '.join(settings.GROUP_BY)}.", option="group_by")
+        if self.aggregate not in settings.AGGREGATES:
+            raise UsageError(f"The aggregate must be one of {', '.join(settings.AGGREGATES)}.",
+                             option="aggregate")
         if self.top_k < 1:
             raise UsageError(f"Top k must be at least 1, got {self.top_k}.", option="top_k")
-        if self.engine not in ENGINES:
-            raise UsageError(f"The engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.",
+        if self.engine not in settings.ENGINES:
+            raise UsageError(f"The engine must be one of {', '.join(settings.ENGINES)}, got {self.engine!r}.",
                              option="engine")
         if self.engine == "ray":
             self.ray.validate()
@@ -75,10 +73,7 @@ class ScanOptions:
 def scan_folder(
     input_dir: Path, model: InferenceModel, options: ScanOptions, *,
     heatmap_dir: Path | None, report_dir: Path,
-    reuse: dict[str, list[Row]] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_found: Callable[[int], None] | None = None,
-    progress: Callable[[int], None] | None = None,
+    reuse: dict[str, list[Row]] | None = None, hooks: RunHooks = RunHooks(),
 ) -> ScanResult:
     """Score every image, series and volume under ``input_dir`` and explain the flagged ones.
 
@@ -89,9 +84,8 @@ def scan_folder(
         heatmap_dir: Where overlay PNGs go (None: make no heat maps).
         report_dir: Folder the report lives in; image paths are relative to it.
         reuse: Rows of a previous run by path; a case keeps them when none of its files changed.
-        should_stop: Polled between batches; True stops the scan, the rest are ``not_scanned``.
-        on_found: Called once with the number of rows (images and slices) the run will have.
-        progress: Called with the number of rows just handled.
+        hooks: ``should_stop`` (True stops the scan, the rest are ``not_scanned``), ``on_start``
+            (the number of rows, images and slices, the run will have), ``advance`` (rows just handled).
 
     Returns:
         The run's results: one row per image or slice, in path order; the cases and studies.
@@ -101,20 +95,19 @@ def scan_folder(
     """
     options.validate()
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
-    threshold = model.summary.threshold if options.threshold is None else options.threshold
+    threshold = model.threshold(options.threshold)
     found = list(discover(Path(input_dir)))
     plan = plan_scan(found, reuse or {}, report_dir, group_by=options.group_by, modalities=options.modalities)
-    if on_found:
-        on_found(plan.total)
-    if progress and plan.rows:
-        progress(len(plan.rows))
-    stop = Stop(should_stop)
+    hooks.on_start(plan.total)
+    if plan.rows:
+        hooks.advance(len(plan.rows))
+    stop = Stop(hooks.should_stop)
     writer = _heatmap_writer(heatmap_dir, report_dir, model, options)
     scorer = CaseScorer(model, explain=options.explain, threshold=threshold, aggregate=options.aggregate,
                         top_k=options.top_k, writer=writer, files={item.relpath: item for item in found},
                         rows=plan.rows, batch_size=options.batch_size)
     try:
-        score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=progress,
+        score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=hooks.advance,
                     ray=options.ray if options.engine == "ray" else None)
     finally:
         if writer:

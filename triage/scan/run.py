@@ -20,19 +20,20 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from triage.engine.inference import InferenceModel, load_for_inference
 from triage.errors import OutputError, Stopped, UsageError
+from triage.hooks import RunHooks
 from triage.model.loading import find_model
 from triage.outputs.atomic import atomic_write_text
 from triage.outputs.lock import OutputLock
 from triage.results.records import ScanResult, write_cases_csv, write_csv
+from triage.results.run_record import RUN_FILE, run_record
 from triage.scan.folder import ScanOptions, scan_folder
 from triage.scan.state import load_state, scan_settings, write_state
 
 log = logging.getLogger(__name__)
-RUN_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class OutputPaths:
             csv=csv,
             cases_csv=csv.with_name(f"{csv.stem}_cases{csv.suffix}"),
             heatmaps=base.parent / f"{base.name}_heatmaps",
-            run_json=out.parent / "run.json",
+            run_json=out.parent / RUN_FILE,
             state=out.parent / f".{base.name}.state.json",
             # One lock per folder: every report there shares its run.json.
             lock=out.parent / ".triage.lock",
@@ -94,30 +95,14 @@ class OutputPaths:
 
 def run_facts(result: ScanResult, paths: OutputPaths) -> dict[str, Any]:
     """The content of ``run.json``."""
-    model = result.model
-    return {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "versions": result.versions,
-        "input_dir": result.input_dir,
-        "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
-                  "backbone_weights": model.backbone_weights, "image_size": model.image_size},
-        "threshold": result.threshold,
-        "precision": model.precision,
-        "device": model.device,
-        "cam_layer": result.cam_layer,
-        "explain": result.explain,
-        "counts": result.counts(),
-        "started_at": result.started_at,
-        "finished_at": result.finished_at,
-        "seconds": round(result.seconds, 3),
-        "images_per_second": round(result.images_per_second, 3),
-        "interrupted": result.interrupted,
-        "incremental": result.incremental,
-        "aggregate": result.aggregate,
-        "top_k": result.top_k,
-        "outputs": {"csv": paths.csv.name, "cases_csv": paths.cases_csv.name, "html": paths.html.name,
-                    "pdf": paths.pdf.name if paths.pdf else None, "heatmaps": paths.heatmaps.name},
-    }
+    outputs = {"csv": paths.csv.name, "cases_csv": paths.cases_csv.name, "html": paths.html.name,
+               "pdf": paths.pdf.name if paths.pdf else None, "heatmaps": paths.heatmaps.name}
+    return run_record(
+        "scan", result.model, threshold=result.threshold, versions=result.versions, counts=result.counts(),
+        started_at=result.started_at, finished_at=result.finished_at, seconds=result.seconds,
+        outputs=outputs, input_dir=result.input_dir, cam_layer=result.cam_layer, explain=result.explain,
+        images_per_second=round(result.images_per_second, 3), interrupted=result.interrupted,
+        incremental=result.incremental, aggregate=result.aggregate, top_k=result.top_k)
 
 
 def _remove_unreferenced(result: ScanResult, paths: OutputPaths) -> None:
@@ -144,9 +129,7 @@ def _remove_stray_temporaries(paths: OutputPaths) -> None:
 def run_scan(
     input_dir: Path, out: Path, *, csv: Path | None = None, model: str | Path | None = None,
     options: ScanOptions = ScanOptions(), max_report_cases: int = 200, full: bool = False,
-    wait: float = 0.0, log_file: Path | None = None, should_stop: Callable[[], bool] = lambda: False,
-    on_phase: Callable[[str], None] = lambda phase: None,
-    on_found: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
+    wait: float = 0.0, log_file: Path | None = None, hooks: RunHooks = RunHooks(),
 ) -> tuple[ScanResult, OutputPaths]:
     """Scan a folder and write every output, incrementally when the previous run allows.
 
@@ -160,49 +143,41 @@ def run_scan(
         full: Rescan everything even when the previous run's rows could be reused.
         wait: Seconds to wait for another run holding the same outputs.
         log_file: The run's log file, checked against the other paths like an output.
-        should_stop: Polled between batches (SIGINT/SIGTERM).
-        on_phase: Told ``"scanning"``, ``"writing"`` (the outputs are being replaced:
-            from here on all of them become this run's) and ``"written"``.
-        on_found, progress: Progress callbacks, see :func:`triage.scan.folder.scan_folder`.
+        hooks: Stop requests, progress and the run's phases (:class:`triage.hooks.RunHooks`).
 
     Returns:
         The result and where it was written.
 
     Raises:
         UsageError, ModelError, LockHeld, OutputError: see :mod:`triage.errors`.
-        Stopped: ``should_stop`` said stop before scanning began; no output was changed.
+        Stopped: ``hooks.should_stop`` said stop before scanning began; no output was changed.
     """
     input_dir = Path(input_dir)
     try:
         paths, folder = _check_request(input_dir, out, csv, model, options, max_report_cases, log_file)
         with contextlib.ExitStack() as locks:
             for lock in paths.locks:
-                locks.enter_context(OutputLock(lock, wait, should_stop=should_stop))
-            return _locked_run(input_dir, paths, folder, options, max_report_cases, full, should_stop,
-                               on_phase, on_found, progress), paths
+                locks.enter_context(OutputLock(lock, wait, should_stop=hooks.should_stop))
+            return _locked_run(input_dir, paths, folder, options, max_report_cases, full, hooks), paths
     except OSError as error:
         raise OutputError(_output_failure(error)) from error
 
 
 def _locked_run(input_dir: Path, paths: OutputPaths, folder: Path, options: ScanOptions,
-                max_report_cases: int, full: bool, should_stop: Callable[[], bool],
-                on_phase: Callable[[str], None], on_found: Callable[[int], None] | None,
-                progress: Callable[[int], None] | None) -> ScanResult:
+                max_report_cases: int, full: bool, hooks: RunHooks) -> ScanResult:
     _remove_stray_temporaries(paths)
     with _engine(options) as ray:
         loaded = _load(folder, options, ray)
-        threshold = loaded.summary.threshold if options.threshold is None else options.threshold
-        settings = scan_settings(loaded, options, input_dir, threshold)
+        settings = scan_settings(loaded, options, input_dir, loaded.threshold(options.threshold))
         reuse = _previous_rows(paths, settings, full)
-        if should_stop():
+        if hooks.should_stop():
             raise Stopped("the scan had not begun; no output was changed")
-        on_phase("scanning")
+        hooks.on_phase("scanning")
         result = scan_folder(input_dir, loaded, options, heatmap_dir=paths.heatmaps,
-                             report_dir=paths.html.parent, reuse=reuse, should_stop=should_stop,
-                             on_found=on_found, progress=progress)
-    on_phase("writing")
+                             report_dir=paths.html.parent, reuse=reuse, hooks=hooks)
+    hooks.on_phase("writing")
     write_outputs(result, paths, settings, max_report_cases)
-    on_phase("written")
+    hooks.on_phase("written")
     return result
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from triage import settings
 from triage.errors import UsageError
+from triage.model.card import check_threshold
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,6 @@ class TrainConfig:
             (self.image_size >= settings.MIN_IMAGE_SIZE, "image_size", f"at least {settings.MIN_IMAGE_SIZE}"),
             (self.batch_size >= 1, "batch_size", "at least 1"),
             (self.learning_rate > 0, "learning_rate", "positive"),
-            (0 <= self.threshold <= 1, "threshold", "in [0, 1]"),
             (self.target_sensitivity is None or 0 < self.target_sensitivity <= 1,
              "target_sensitivity", "in (0, 1]"),
             (self.folds is None or self.folds >= 2, "folds", "at least 2"),
@@ -45,6 +45,7 @@ class TrainConfig:
             (self.l2 >= 0, "l2", ">= 0"),
             (self.split in settings.SPLITS, "split", f"one of {', '.join(settings.SPLITS)}"),
         ]
+        check_threshold(self.threshold)
         for ok, name, rule in checks:
             if not ok:
                 value = getattr(self, name)

@@ -21,6 +21,7 @@ import numpy as np
 
 from triage import __version__
 from triage.errors import UsageError
+from triage.hooks import RunHooks
 from triage.labelled.dataset import LabelledSet, index_labelled, split
 from triage.labelled.metrics import binary_metrics
 from triage.model.card import (
@@ -82,10 +83,7 @@ def new_model_dir(parent: Path) -> Path:
 
 
 def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig = TrainConfig(), *,
-                should_stop: Callable[[], bool] = lambda: False,
-                progress: Callable[[int], None] | None = None,
-                on_start: Callable[[int], None] | None = None,
-                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+                hooks: RunHooks = RunHooks()) -> TrainResult:
     """Train the classifier on a labelled folder and write the model folder.
 
     Args:
@@ -93,10 +91,8 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         out_dir: Model folder to create (must not exist or be empty); default a
             new folder under :func:`triage.model.card.models_root`.
         config: The run's settings.
-        should_stop: Polled between batches and epochs; True stops with no model written.
-        progress: Called with the number of images just handled during feature extraction.
-        on_start: Called once with the number of images to extract.
-        on_epoch: Called after each epoch with its number and logs.
+        hooks: ``should_stop`` (polled between batches and epochs; True stops with no model
+            written), ``on_start``/``advance`` (images to extract, images extracted), ``on_epoch``.
 
     Returns:
         The model folder and its card.
@@ -123,17 +119,16 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     extractor = feature_extractor(build_backbone(config.image_size, weights))
     key = cache_key(weights, config.image_size, config.precision, "gpu" if on_gpu else "cpu")
     cache = FeatureCache(config.cache_dir or default_cache_dir(), key) if config.cache else None
-    if on_start:
-        on_start(len(labelled.files))
+    hooks.on_start(len(labelled.files))
     # The saved model stays float32; only the extraction runs at the chosen precision.
     running = with_precision(extractor, config.precision)
     extracted = extract_features([f.path for f in labelled.files], running, config.image_size,
-                                 batch_size=config.batch_size, cache=cache, should_stop=should_stop,
-                                 progress=progress)
+                                 batch_size=config.batch_size, cache=cache,
+                                 should_stop=hooks.should_stop, progress=hooks.advance)
     for i, status, reason in extracted.failed:
         log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
     rows = split_rows(labelled, extracted, config.split, config.val_split, config.seed)
-    head, history, metrics = _fit_and_measure(extracted, rows, config, on_epoch, should_stop)
+    head, history, metrics = _fit_and_measure(extracted, rows, config, hooks.on_epoch, hooks.should_stop)
     card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
                        metrics, cache)
     _write_model_folder(out_dir, assemble(extractor, head), card)
