@@ -28,8 +28,9 @@ from triage.hooks import RunHooks
 from triage.model.loading import find_model
 from triage.outputs.atomic import atomic_write_text
 from triage.outputs.lock import OutputLock
-from triage.results.records import ScanResult, write_cases_csv, write_csv
+from triage.results.records import ScanResult
 from triage.results.run_record import RUN_FILE, run_record
+from triage.results.tables import write_cases_csv, write_csv
 from triage.scan.folder import ScanOptions, scan_folder
 from triage.scan.state import load_state, scan_settings, write_state
 

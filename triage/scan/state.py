@@ -41,7 +41,8 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
     return {"model_sha256": model.summary.sha256, "threshold": threshold, "explain": options.explain,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
             "batch_size": options.batch_size, "device": model.summary.device,
-            "precision": model.summary.precision,
+            "precision": model.summary.precision, "group_by": options.group_by,
+            "aggregate": options.aggregate, "top_k": options.top_k, "modalities": list(options.modalities),
             "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
 
@@ -63,21 +64,29 @@ def _check_row(row: Any, heatmap_folder: str) -> Row:
     if not isinstance(row, dict) or not _ROW_NAMES - _ROW_OPTIONAL <= set(row) <= _ROW_NAMES:
         raise ValueError(f"a row is not a case: {str(row)[:80]}")
     for name, kind in _ROW_TYPES.items():
-        value = row.get(name)
-        if (value is None and name not in _ROW_REQUIRED) or (
-                isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
-            continue
-        raise ValueError(f"bad {name} {value!r} in a row")
-    case = Row(**row)
-    if not case.path or case.status not in STATUSES or case.status == "not_scanned":
-        raise ValueError(f"bad row of {case.path!r}")
-    if case.ok and not (case.probability is not None and 0.0 <= case.probability <= 1.0):
-        raise ValueError(f"bad probability in the row of {case.path!r}")
-    for name in (case.heatmap, case.original):  # only images in this report's own heat-map folder
-        if name is not None and (PurePosixPath(name).parent.as_posix() != heatmap_folder
-                                 or "\\" in name or name.endswith("/..")):
+        if not _typed(row.get(name), kind, optional=name not in _ROW_REQUIRED):
+            raise ValueError(f"bad {name} {row.get(name)!r} in a row")
+    checked = Row(**row)
+    if not checked.path or checked.status not in STATUSES or checked.status == "not_scanned":
+        raise ValueError(f"bad row of {checked.path!r}")
+    if checked.ok and not (checked.probability is not None and 0.0 <= checked.probability <= 1.0):
+        raise ValueError(f"bad probability in the row of {checked.path!r}")
+    for name in (checked.heatmap, checked.original):
+        if name is not None and not _in_folder(name, heatmap_folder):
             raise ValueError(f"heat map {name!r} is outside {heatmap_folder}")
-    return case
+    return checked
+
+
+def _typed(value: Any, kind: type, optional: bool) -> bool:
+    """``value`` is a ``kind`` (a bool is no int here), or None where the field allows it."""
+    if value is None:
+        return optional
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _in_folder(name: str, folder: str) -> bool:
+    """Only images in this report's own heat-map folder, named plainly."""
+    return PurePosixPath(name).parent.as_posix() == folder and "\\" not in name and not name.endswith("/..")
 
 
 def load_state(path: Path, settings: dict[str, Any], heatmap_folder: str) -> dict[str, list[Row]]:
