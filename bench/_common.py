@@ -341,7 +341,7 @@ def decode_for_model(paths: Sequence[Path], image_size: int) -> Any:
     """(N, S, S, 3) float32 of the images, decoded and resized exactly as triage does."""
     import numpy as np
 
-    from triage.inputs.images import read_image
+    from triage.inputs.decode import read_image
     from triage.model.preprocess import resize_for_model
 
     return np.stack([resize_for_model(read_image(p).pixels, image_size) for p in paths])

@@ -13,7 +13,7 @@ compiled: XLA on jax/tensorflow, torch.compile on torch, unless --no-compile), G
 the flagged scans from those activations through a float32 copy of the tail, and the
 overlays, encoded as a scan writes them. Measured:
 
-- decode alone: triage's decoder (``triage.inputs.images`` + ``triage.model.preprocess``) when it
+- decode alone: triage's decoder (``triage.inputs.decode`` + ``triage.model.preprocess``) when it
   imports here, else OpenCV, else Pillow; --workers threads; images/s;
 - model alone: forward + Grad-CAM of the flagged, on decoded batches; images/s;
 - overlays alone: colour map, blend, PNG + JPEG encode of the flagged; images/s;
@@ -181,13 +181,13 @@ def normalise(cams: np.ndarray) -> np.ndarray:
 def decoder(size: int) -> tuple[str, Callable[[Path], tuple[np.ndarray, np.ndarray]]]:
     """(name, path -> (model input (S, S, 3) float32, the decoded RGB pixels))."""
     try:
-        from triage.inputs.images import read_image
+        from triage.inputs.decode import read_image
         from triage.model.preprocess import resize_for_model
 
         def decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
             pixels = read_image(path).pixels
             return resize_for_model(pixels, size), pixels
-        return "triage (triage.inputs.images + triage.model.preprocess)", decode
+        return "triage (triage.inputs.decode + triage.model.preprocess)", decode
     except ImportError as exc:
         print(f"# triage's decoder does not import here ({exc}): decoding with OpenCV or Pillow",
               file=sys.stderr)

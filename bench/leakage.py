@@ -32,7 +32,7 @@ import _common as C  # before triage: private feature cache, shared-set location
 import numpy as np
 
 from triage.errors import ImageLoadError
-from triage.inputs.images import decode_file, read_file
+from triage.inputs.decode import decode_file, read_file
 from triage.labelled.copies import CopyGroups, copies_across, find_copies, grouped_split, image_fingerprint
 from triage.labelled.dataset import LabelledSet, index_labelled, split
 

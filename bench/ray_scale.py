@@ -79,7 +79,7 @@ def compare(local: Path, ray: Path) -> float:
 
 def plan_seconds(folder: Path, files: int, repeats: int) -> float:
     """Seconds per file of ``discover`` + ``plan_scan`` on ``folder`` (median)."""
-    from triage.inputs.images import discover
+    from triage.inputs.discovery import discover
     from triage.scan.plan import plan_scan
 
     report = C.scratch("driver-report")
@@ -104,7 +104,7 @@ def driver_costs(data: Path, args: argparse.Namespace) -> tuple[float, float, fl
     import numpy as np
 
     from triage.engine.heatmaps import HeatmapWriter
-    from triage.inputs.images import read_image
+    from triage.inputs.decode import read_image
     from triage.model.preprocess import display_copy
 
     paths = C.dataset_images(data)

@@ -62,7 +62,7 @@ def decoded_slices(folder: Path, image_size: int) -> "object":
     import numpy as np
 
     from triage.inputs.cases import build_cases, decode_slice
-    from triage.inputs.images import discover
+    from triage.inputs.discovery import discover
     from triage.model.preprocess import resize_for_model
 
     cases, _ = build_cases(list(discover(folder)))

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from conftest import SHARED_DATA
-from triage.inputs.images import read_image
+from triage.inputs.decode import read_image
 from triage.labelled.copies import (
     NEAR_DISTANCE,
     CopyGroups,

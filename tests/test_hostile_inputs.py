@@ -16,8 +16,9 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from triage.errors import ImageLoadError
-from triage.inputs import images
-from triage.inputs.images import decode_bytes, discover, display_path, path_bytes, read_image
+from triage.inputs import dicom, formats
+from triage.inputs.decode import decode_bytes, read_image
+from triage.inputs.discovery import discover, display_path, path_bytes
 from triage.results.records import ModelSummary, Row, ScanResult, read_csv, write_csv
 
 
@@ -65,13 +66,13 @@ def no_pixel_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("pixel data was decoded")
 
-    monkeypatch.setattr(images, "pixel_array", refuse)
+    monkeypatch.setattr(dicom, "pixel_array", refuse)
 
 
 def test_dicom_frames_count_against_the_pixel_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pixel_decoding: None,
 ) -> None:
-    monkeypatch.setattr(images, "MAX_PIXELS", 40)
+    monkeypatch.setattr(dicom, "MAX_PIXELS", 40)
     path = tmp_path / "series.dcm"
     path.write_bytes(dicom_bytes(frames=3, rows=4, columns=4))  # 16 pixels a frame, 48 in all
     err = load_error(path)
@@ -88,7 +89,7 @@ def test_deflated_dicom_bomb_is_refused_from_its_header(
     data = dicom_bytes(frames=200, rows=128, columns=128, syntax=DeflatedExplicitVRLittleEndian)
     assert len(data) < 40_000  # 6.5 MB of pixels, deflated
     (tmp_path / "bomb.dcm").write_bytes(data)
-    monkeypatch.setattr(images, "MAX_PIXELS", 1_000_000)
+    monkeypatch.setattr(dicom, "MAX_PIXELS", 1_000_000)
 
     def no_whole_inflate(*args: object, **kwargs: object) -> bytes:
         raise AssertionError("the whole data set was inflated")
@@ -103,13 +104,13 @@ def test_dicom_within_the_limit_decodes_only_its_middle_frame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     decoded: list[object] = []
-    real = images.pixel_array
+    real = dicom.pixel_array
 
     def spy(ds: object, index: int | None = None) -> np.ndarray:
         decoded.append(index)
         return real(ds, index=index)
 
-    monkeypatch.setattr(images, "pixel_array", spy)
+    monkeypatch.setattr(dicom, "pixel_array", spy)
     for syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         name = f"{syntax.name}.dcm"
         (tmp_path / name).write_bytes(dicom_bytes(frames=5, rows=6, columns=7, syntax=syntax))
@@ -145,7 +146,7 @@ def test_images_are_recognised_from_their_signatures(tmp_path: Path) -> None:
     for fmt in ("PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP"):
         buffer = io.BytesIO()
         Image.fromarray(rgb).save(buffer, fmt)
-        assert images.looks_like_image(buffer.getvalue()[:images.HEAD_BYTES]), fmt
+        assert formats.looks_like_image(buffer.getvalue()[:formats.HEAD_BYTES]), fmt
         (tmp_path / f"scan-{fmt}").write_bytes(buffer.getvalue())  # no extension to go by
         assert read_image(tmp_path / f"scan-{fmt}").format == fmt
     for signature, image, options in (

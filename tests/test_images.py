@@ -1,4 +1,4 @@
-"""Tests for triage.inputs.images: discovering files and decoding every supported kind of image."""
+"""Tests for triage.inputs: discovering files and decoding every supported kind of image."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from triage.errors import ImageLoadError, UsageError
-from triage.inputs import images
-from triage.inputs.images import FoundFile, decode_bytes, discover, read_image
+from triage.inputs import decode, dicom, discovery
+from triage.inputs.decode import decode_bytes, read_image
+from triage.inputs.discovery import FoundFile, discover
 from triage.results.records import STATUSES
 
 
@@ -269,11 +270,11 @@ def test_bombs_are_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.M
     assert err.kind == "too_large"
     assert "20000x20000 pixels exceeds" in err.reason
 
-    monkeypatch.setattr(images, "MAX_PIXELS", 99)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 99)
     path = save(Image.new("RGB", (10, 10)), tmp_path / "small.png")
     err = load_error(path)
     assert (err.kind, err.reason) == ("too_large", "10x10 pixels exceeds the limit of 99 pixels")
-    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 100)
     assert read_image(path).width == 10
 
 
@@ -372,7 +373,7 @@ def test_dicom_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert err.kind == "unreadable"
     assert "JPEG 2000" in err.reason
 
-    monkeypatch.setattr(images, "MAX_PIXELS", 10)
+    monkeypatch.setattr(dicom, "MAX_PIXELS", 10)
     err = load_error(write_dicom(tmp_path / "big.dcm", np.zeros((4, 4), np.uint16)))
     assert (err.kind, err.reason) == ("too_large", "4x4 pixels exceeds the limit of 10 pixels")
 
@@ -487,7 +488,7 @@ def test_discover_reports_unreadable_folder(
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr(images.os, "scandir", scandir)
+    monkeypatch.setattr(discovery.os, "scandir", scandir)
     rows = list(discover(tmp_path))
     assert [(r.relpath, r.status) for r in rows] == [("locked", "unreadable"), ("z.png", None)]
     assert "Permission denied" in rows[0].reason

@@ -25,7 +25,8 @@ from triage.inputs.cases import (
     image_case,
     study_score,
 )
-from triage.inputs.images import discover, read_image
+from triage.inputs.decode import read_image
+from triage.inputs.discovery import discover
 
 MR_SMALL = get_testdata_file("MR_small.dcm")
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -67,7 +67,7 @@ def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
 def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dataset: Path) -> None:
     import keras
 
-    from triage.inputs.images import read_image
+    from triage.inputs.decode import read_image
     from triage.model.network import FEATURE_LAYER, load_classifier, resolve_backbone_weights
     from triage.model.preprocess import resize_for_model
     from triage.train.features import FeatureCache, cache_key, default_cache_dir

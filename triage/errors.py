@@ -59,3 +59,10 @@ class ImageLoadError(TriageError):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+
+def short_reason(err: BaseException) -> str:
+    """The first line of an error message, cut to a CSV-friendly length."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -27,7 +27,7 @@ import numpy as np
 
 from triage.engine.prefetch import prefetch_map
 from triage.errors import ImageLoadError
-from triage.inputs.images import decode_file, read_file
+from triage.inputs.decode import decode_file, read_file
 from triage.model.preprocess import display_copy, resize_for_model
 
 T = TypeVar("T")
@@ -144,7 +144,7 @@ def _decoding_cost(data: bytes) -> int:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():  # triage refuses bombs itself (images.MAX_PIXELS)
+        with warnings.catch_warnings():  # triage refuses bombs itself (formats.MAX_PIXELS)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # reads the header only
         with image:

@@ -1,6 +1,6 @@
 """Cases, the unit of the verdict: a DICOM series (one stack of it), a NIfTI volume, or a loose image.
 
-:func:`build_cases` turns :func:`~triage.inputs.images.discover`'s rows into cases
+:func:`build_cases` turns :func:`~triage.inputs.discovery.discover`'s rows into cases
 from headers alone; :func:`decode_slice` gives the model one slice as RGB with
 one window for its whole case (:func:`case_window`), so the slices of a series
 keep their relative brightness; :func:`case_score` and :func:`study_score`
@@ -23,7 +23,9 @@ from triage import settings
 from triage.errors import ImageLoadError, UsageError
 from triage.inputs import dicom_series
 from triage.inputs import nifti as volumes
-from triage.inputs.images import FoundFile, _scale, read_image
+from triage.inputs.decode import read_image
+from triage.inputs.discovery import FoundFile
+from triage.inputs.pixels import gray_to_rgb, scale
 
 # The window of a case without a stored one: these percentiles of all its values.
 WINDOW_PERCENTILES = (0.5, 99.5)
@@ -170,7 +172,7 @@ def decode_slice(slice_: Slice, case: Case) -> np.ndarray:
 
     MONOCHROME1 is inverted (low values white). Colour needs no window: it is
     shown over its full range, the same for every slice. A loose image decodes
-    as :func:`~triage.inputs.images.read_image` does.
+    as :func:`~triage.inputs.decode.read_image` does.
 
     Raises:
         ImageLoadError: the case's status when it is not scored, or why the slice cannot be decoded.
@@ -181,11 +183,11 @@ def decode_slice(slice_: Slice, case: Case) -> np.ndarray:
         return read_image(slice_.path).pixels
     values, photometric = _slice_values(slice_, case)
     if values.ndim == 3:  # colour, palette colour through its LUT: shown over its type's full range
-        return np.ascontiguousarray(_scale(values, 0, np.iinfo(values.dtype).max))
-    gray = _scale(values, *case_window(case))
+        return np.ascontiguousarray(scale(values, 0, np.iinfo(values.dtype).max))
+    gray = scale(values, *case_window(case))
     if photometric == "MONOCHROME1":
         gray = 255 - gray
-    return np.repeat(gray[:, :, np.newaxis], 3, axis=2)
+    return gray_to_rgb(gray)
 
 
 def _slice_values(slice_: Slice, case: Case) -> tuple[np.ndarray, str]:

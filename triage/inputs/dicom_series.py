@@ -22,8 +22,10 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
-from triage.errors import ImageLoadError
-from triage.inputs.images import _DICOM_DEFER_BYTES, _DICOM_FIRST_GROUPS, MAX_PIXELS, FoundFile, _short
+from triage.errors import ImageLoadError, short_reason
+from triage.inputs.dicom import DICOM_DEFER_BYTES
+from triage.inputs.discovery import FoundFile
+from triage.inputs.formats import DICOM_FIRST_GROUPS, MAX_PIXELS
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Functional groups of an enhanced multi-frame file that describe one frame.
@@ -73,9 +75,9 @@ def read_header(path: Path) -> pydicom.Dataset | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
-        if head[128:132] != b"DICM" and head[:2] not in _DICOM_FIRST_GROUPS:
+        if head[128:132] != b"DICM" and head[:2] not in DICOM_FIRST_GROUPS:
             return None
-        return pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=_DICOM_DEFER_BYTES)
+        return pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=DICOM_DEFER_BYTES)
     except Exception:  # unreadable or not DICOM: the single-image path reports it
         return None
 
@@ -100,7 +102,7 @@ def check_size(ds: pydicom.Dataset) -> None:
         samples = int(ds.get("SamplesPerPixel") or 1)
         frames = frame_count(ds)
     except (TypeError, ValueError) as err:
-        raise ImageLoadError("unreadable", f"bad DICOM image size ({_short(err)})") from err
+        raise ImageLoadError("unreadable", f"bad DICOM image size ({short_reason(err)})") from err
     if rows * columns * frames * samples > MAX_PIXELS:
         raise ImageLoadError("too_large", f"{columns}x{rows} pixels x {frames} frames x {samples} samples "
                                           f"exceeds the limit of {MAX_PIXELS:,} pixels")
@@ -260,11 +262,11 @@ def frame_values(path: Path, frame: int | None) -> tuple[np.ndarray, str]:
         # A frame is read from the file alone; a single-frame file from its data set.
         pixels = pixel_array(path, index=frame) if frame is not None else pixel_array(ds)
     except Exception as err:  # no decoder for a compressed syntax, or bad pixel data
-        raise ImageLoadError("unreadable", f"cannot decode DICOM pixel data: {_short(err)}") from err
+        raise ImageLoadError("unreadable", f"cannot decode DICOM pixel data: {short_reason(err)}") from err
     try:
         return _display_values(pixels, ds, frame, photometric), photometric
     except Exception as err:  # e.g. a bad LUT
-        raise ImageLoadError("unreadable", f"bad DICOM display values ({_short(err)})") from err
+        raise ImageLoadError("unreadable", f"bad DICOM display values ({short_reason(err)})") from err
 
 
 def _display_values(pixels: np.ndarray, ds: pydicom.Dataset, frame: int | None,
@@ -283,9 +285,9 @@ def _display_values(pixels: np.ndarray, ds: pydicom.Dataset, frame: int | None,
 def _dataset(path: Path) -> pydicom.Dataset:
     """The whole data set, its pixel data read only when decoded (after the size check)."""
     try:
-        return pydicom.dcmread(path, force=True, defer_size=_DICOM_DEFER_BYTES)
+        return pydicom.dcmread(path, force=True, defer_size=DICOM_DEFER_BYTES)
     except Exception as err:
-        raise ImageLoadError("unreadable", f"corrupt DICOM file ({_short(err)})") from err
+        raise ImageLoadError("unreadable", f"corrupt DICOM file ({short_reason(err)})") from err
 
 
 _HEADER_LOCK = threading.Lock()
@@ -302,7 +304,7 @@ def _cached_header(path: Path, _mtime_ns: int) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, force=True, stop_before_pixels=True)
     except Exception as err:
-        raise ImageLoadError("unreadable", f"corrupt DICOM file ({_short(err)})") from err
+        raise ImageLoadError("unreadable", f"corrupt DICOM file ({short_reason(err)})") from err
 
 
 def _values(view: FrameView, keyword: str) -> list[str]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from triage.errors import ImageLoadError
-from triage.inputs.images import MAX_PIXELS, _short
+from triage.errors import ImageLoadError, short_reason
+from triage.inputs.formats import MAX_PIXELS
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -80,7 +80,7 @@ def _read_canonical(path: Path, _mtime_ns: int) -> np.ndarray:
     except ImageLoadError:
         raise
     except Exception as err:  # a truncated or corrupt file
-        raise ImageLoadError("unreadable", f"cannot read the NIfTI volume ({_short(err)})") from err
+        raise ImageLoadError("unreadable", f"cannot read the NIfTI volume ({short_reason(err)})") from err
     return data.reshape(*data.shape[:2], -1)  # drop trailing axes of size 1
 
 
@@ -88,4 +88,4 @@ def _open(path: Path) -> nib.spatialimages.SpatialImage:
     try:
         return nib.load(path)
     except Exception as err:
-        raise ImageLoadError("unreadable", f"not a readable NIfTI file ({_short(err)})") from err
+        raise ImageLoadError("unreadable", f"not a readable NIfTI file ({short_reason(err)})") from err

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from triage.errors import DataError
-from triage.inputs.images import IMAGE_EXTENSIONS
+from triage.inputs.formats import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from triage.engine.predictor import Stop
 from triage.engine.ray_data import RaySettings, require_ray
 from triage.errors import UsageError
 from triage.hooks import RunHooks
-from triage.inputs.images import discover
+from triage.inputs.discovery import discover
 from triage.model.card import check_threshold
 from triage.model.network import CAM_LAYER
 from triage.results.records import Row, ScanResult

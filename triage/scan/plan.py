@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from triage.inputs.cases import Case, build_cases, image_case
-from triage.inputs.images import FoundFile
+from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
 
 RowKey = tuple[str, int | None]

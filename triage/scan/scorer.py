@@ -28,7 +28,7 @@ from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_im
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
 from triage.hashing import sha256_file
 from triage.inputs.cases import Case, Slice, case_score, decode_slice
-from triage.inputs.images import FoundFile
+from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
 from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.scan.verdicts import slice_rank

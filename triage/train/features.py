@@ -26,7 +26,7 @@ import numpy as np
 
 from triage.engine.predictor import Decoded, Stop, decode_for_model, predict
 from triage.errors import Stopped
-from triage.inputs.images import DECODER_VERSION, read_file
+from triage.inputs.decode import DECODER_VERSION, read_file
 from triage.labelled.copies import image_fingerprint
 from triage.model.network import BackboneWeights
 from triage.model.preprocess import PREPROCESS_VERSION
