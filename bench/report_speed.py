@@ -3,7 +3,7 @@
 
 Scans --images real images of the data set with threshold 0, so every one is
 flagged and gets a Grad-CAM overlay (``triage.scan.folder.scan_folder``; not timed),
-then times ``triage.report.rendering.write_pdf`` and ``write_html`` on that ScanResult,
+then times ``triage.report.write_pdf`` and ``write_html`` on that ScanResult,
 median of --repeats.
 
 Target: PDF < 15 MB. (The render time has no target; it is reported.)
@@ -28,7 +28,7 @@ def main() -> int:
     args, data = C.parse_model_bench(p, repeats=3)
 
     from triage.engine.inference import load_for_inference
-    from triage.report.rendering import write_html, write_pdf
+    from triage.report import write_html, write_pdf
     from triage.scan.folder import ScanOptions, scan_folder
 
     paths = C.dataset_images(data, args.images)

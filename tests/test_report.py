@@ -16,13 +16,9 @@ from PIL import Image
 
 from triage import RESEARCH_NOTICE
 from triage.model.summary import ModelSummary
-from triage.report.rendering import (
-    RANDOM_BACKBONE_WARNING,
-    _restricted_url_fetcher,
-    render_html,
-    write_html,
-    write_pdf,
-)
+from triage.report.html import render_html, write_html
+from triage.report.pdf import _restricted_url_fetcher, write_pdf
+from triage.report.view import RANDOM_BACKBONE_WARNING
 from triage.results.records import Row, ScanResult
 
 pypdf = pytest.importorskip("pypdf")
@@ -257,7 +253,7 @@ def test_write_html_is_atomic_and_complete(sample: ScanResult, report_dir: Path,
             def render(*args: object, **kwargs: object) -> str:
                 raise RuntimeError("template error")
 
-            patch.setattr("triage.report.rendering.render_html", render)
+            patch.setattr("triage.report.html.render_html", render)
         elif fail == "fsync":  # the whole page is in the temporary file, the disk is full
             patch.setattr(os, "fsync", _disk_full)
         else:
@@ -274,7 +270,7 @@ def test_write_html_is_atomic_and_complete(sample: ScanResult, report_dir: Path,
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, triage.report.rendering; "
+        "import sys, triage.report, triage.report.charts; "
         "print(sorted(m for m in ('weasyprint', 'matplotlib', 'PIL', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -4,3 +4,10 @@ A view model of the results (flagged cases first, then the rest), the charts
 (one matplotlib idiom), the Jinja template, and the PDF renderer sandboxed to
 the run's own files.
 """
+
+from triage.report.figures import draw_figures
+from triage.report.html import write_html
+from triage.report.pdf import write_pdf
+from triage.report.view import Figures
+
+__all__ = ["Figures", "draw_figures", "write_html", "write_pdf"]

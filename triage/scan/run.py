@@ -276,7 +276,7 @@ def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> 
 def write_outputs(result: ScanResult, paths: OutputPaths, settings: dict[str, Any],
                   max_report_cases: int) -> None:
     """CSV -> cases CSV -> HTML -> PDF -> state -> ``run.json`` (last) -> unreferenced heat maps removed."""
-    from triage.report.rendering import draw_figures, write_html, write_pdf
+    from triage.report import draw_figures, write_html, write_pdf
 
     write_csv(result, paths.csv)
     write_cases_csv(result, paths.cases_csv)
