@@ -279,7 +279,8 @@ def main() -> None:
 @click.option("--threshold", type=click.FloatRange(0, 1), default=settings.THRESHOLD, show_default=True,
               help="Decision threshold stored in the model.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Instead of --threshold: the highest threshold whose validation sensitivity is >= S.")
+              help="Instead of --threshold: a threshold with sensitivity >= S on out-of-fold predictions "
+                   "of the training part (never the validation set).")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="Also K-fold cross-validate the head on the kept features (copy groups kept whole, "
                    "the threshold rule nested in each fold); metrics go in the card.")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from triage import settings
 from triage.errors import DataError
 from triage.labelled.copies import CopyGroups, grouped_folds
 from triage.labelled.metrics import binary_metrics, threshold_for_sensitivity
@@ -58,7 +59,7 @@ def choose_threshold(features: np.ndarray, labels: np.ndarray, groups: CopyGroup
                      config: "TrainConfig") -> Threshold:
     """The model's threshold, from the training part alone (its validation labels are never read)."""
     if config.target_sensitivity is None:
-        source = "default" if config.threshold == 0.5 else "fixed"
+        source = "default" if config.threshold == settings.THRESHOLD else "fixed"
         return Threshold(config.threshold, source, f"{source} {config.threshold:g}")
     folds = max(2, min(INNER_FOLDS, int(np.bincount(labels, minlength=2).min())))
     predictions = out_of_fold(features, labels, groups, config, folds)
