@@ -16,7 +16,7 @@ from test_series import mr_slice, write_nifti
 
 from conftest import blob_image
 from triage.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
-from triage.results.records import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
+from triage.results.tables import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
 
 TUMOUR_SLICES = {"t2": (2, 3), "t1": (), "volume": (1, 4)}
 

@@ -19,7 +19,8 @@ from triage.errors import ImageLoadError
 from triage.inputs import dicom, formats
 from triage.inputs.decode import decode_bytes, read_image
 from triage.inputs.discovery import discover, display_path, path_bytes
-from triage.results.records import ModelSummary, Row, ScanResult, read_csv, write_csv
+from triage.results.records import ModelSummary, Row, ScanResult
+from triage.results.tables import read_csv, write_csv
 
 
 def load_error(path: Path) -> ImageLoadError:

@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import blob_image
 from triage.cli import EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, _StopFlag, main
 from triage.hooks import RunHooks
-from triage.results.records import read_csv
+from triage.results.tables import read_csv
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from conftest import blob_image
 from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.hooks import RunHooks
 from triage.model.network import cpu_has_bf16
-from triage.results.records import read_csv
+from triage.results.tables import read_csv
 
 ray = pytest.importorskip("ray")
 

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from conftest import blob_image
 from triage.cli import EXIT_MODEL, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
-from triage.results.records import read_csv
+from triage.results.tables import read_csv
 
 NASTY = "odd <b>&\"' name.png"  # a failed file: the report's failure table shows it
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from conftest import blob_image
 from triage.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED
-from triage.results.records import CSV_COLUMNS, read_csv
+from triage.results.tables import CSV_COLUMNS, read_csv
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 SUMMARY = re.compile(r"^triage scan .*: (\d+) found, (\d+) scored \((\d+) this run\), (\d+) flagged, "
