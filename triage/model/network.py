@@ -35,6 +35,9 @@ IMAGENET_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + IMAGENET_WEIGHTS_FILE
 )
+# For tests only: ``random`` weights on two small conv blocks instead of VGG19's sixteen convolutions.
+TINY_BACKBONE = "random-tiny"
+TINY_ARCHITECTURE = "tiny CNN for tests (2 conv layers, random weights), not VGG19"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class BackboneWeights:
     path: Path | None
     sha256: str
     seed: int = 0
+    architecture: str = "VGG19"  # or TINY_ARCHITECTURE
 
     @property
     def label(self) -> str:
@@ -78,7 +82,8 @@ def resolve_backbone_weights(spec: str, seed: int = 0) -> BackboneWeights:
 
     Args:
         spec: ``imagenet`` (Keras's cache, downloading there if missing),
-            ``random`` (seeded random init, for tests and smoke runs only) or
+            ``random`` (seeded random init, for tests and smoke runs only),
+            ``random-tiny`` (a seeded tiny CNN in VGG19's place, for tests only) or
             the path of a local ``.h5`` file of VGG19 notop weights.
         seed: Seed of the ``random`` backbone.
 
@@ -90,6 +95,8 @@ def resolve_backbone_weights(spec: str, seed: int = 0) -> BackboneWeights:
     """
     if spec == "random":
         return BackboneWeights("random", None, f"random-seed-{seed}", seed)
+    if spec == TINY_BACKBONE:
+        return BackboneWeights("random", None, f"{TINY_BACKBONE}-seed-{seed}", seed, TINY_ARCHITECTURE)
     if spec == "imagenet":
         cached = keras_cache_weights_path()
         if not cached.is_file():
@@ -137,16 +144,31 @@ def preprocess_layer() -> "keras.layers.Layer":
 
 
 def build_backbone(image_size: int, weights: BackboneWeights) -> "keras.Model":
-    """VGG19 without its top, frozen, behind the preprocessing layer: image -> block5_pool.
+    """The frozen backbone behind the preprocessing layer: image -> block5_pool.
+
+    VGG19 without its top, or for tests (``weights.architecture`` TINY_ARCHITECTURE)
+    two small conv blocks under the layer names the rest of triage reads.
 
     Raises:
         WeightsUnavailable: the weights file does not fit VGG19.
     """
     keras = _keras()
-    if image_size < 32:
-        raise ValueError(f"image size must be at least 32 for VGG19, got {image_size}")
     if weights.source == "random":
         keras.utils.set_random_seed(weights.seed)
+    tiny = weights.architecture == TINY_ARCHITECTURE
+    layers = _tiny_layers() if tiny else _vgg19_layers(image_size, weights)
+    image = keras.Input((image_size, image_size, 3), name="image")
+    x = preprocess_layer()(image)
+    for layer in layers:  # a plain chain: one flat graph
+        layer.trainable = False
+        x = layer(x)
+    return keras.Model(image, x, name="tiny_backbone" if tiny else "vgg19_backbone")
+
+
+def _vgg19_layers(image_size: int, weights: BackboneWeights) -> list["keras.layers.Layer"]:
+    keras = _keras()
+    if image_size < 32:
+        raise ValueError(f"image size must be at least 32 for VGG19, got {image_size}")
     try:
         vgg = keras.applications.VGG19(
             include_top=False, input_shape=(image_size, image_size, 3),
@@ -156,12 +178,19 @@ def build_backbone(image_size: int, weights: BackboneWeights) -> "keras.Model":
         raise WeightsUnavailable(
             f"Backbone weights file {weights.path} is not VGG19 notop weights: {exc}"
         ) from exc
-    image = keras.Input((image_size, image_size, 3), name="image")
-    x = preprocess_layer()(image)
-    for layer in vgg.layers[1:]:  # a plain chain: copy it into one flat graph
-        layer.trainable = False
-        x = layer(x)
-    return keras.Model(image, x, name="vgg19_backbone")
+    return vgg.layers[1:]
+
+
+def _tiny_layers() -> list["keras.layers.Layer"]:
+    """Two conv blocks, the second one named as VGG19's Grad-CAM layer, with VGG19's 512 channels
+    (the feature cache holds 512 features an image)."""
+    keras = _keras()
+    return [
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="block1_conv1"),
+        keras.layers.MaxPooling2D(name="block1_pool"),
+        keras.layers.Conv2D(512, 3, padding="same", activation="relu", name=CAM_LAYER),
+        keras.layers.MaxPooling2D(name="block5_pool"),
+    ]
 
 
 def build_head(feature_dim: int, config: HeadConfig) -> "keras.Model":
