@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-# The tests' generated 'scans' (a dark noisy square, a bright disc for a tumour).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import blob_image  # noqa: E402
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The tests' generated 'scans' (a dark noisy square, a bright disc for a tumour).
+from triage.testing import blob_image  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent

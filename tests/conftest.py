@@ -1,4 +1,4 @@
-"""Shared fixtures: generated images and tiny models, no network, no downloads."""
+"""Shared fixtures (no network, no downloads); the generators they use are in triage.testing."""
 
 from __future__ import annotations
 
@@ -7,35 +7,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import pytest
-from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_tumor_dataset"
-IMAGE_SIZE = 32
-
-
-def blob_image(rng: np.random.Generator, tumour: bool, size: int = 48) -> np.ndarray:
-    """A dark noisy 'scan'; with a tumour it has a bright disc somewhere."""
-    image = rng.normal(40, 12, (size, size)).clip(0, 255)
-    if tumour:
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        radius = rng.integers(size // 8, size // 4)
-        yy, xx = np.mgrid[:size, :size]
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = rng.uniform(200, 255)
-    return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
-
-
-def make_blob_dataset(root: Path, per_class: int = 40, seed: int = 0) -> Path:
-    """yes/ (bright blob) and no/ (none), mixing .png, .jpg and .JPG like the shared set."""
-    rng = np.random.default_rng(seed)
-    for label, tumour in (("yes", True), ("no", False)):
-        folder = root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            suffix = (".png", ".jpg", ".JPG", ".jpeg")[i % 4]
-            Image.fromarray(blob_image(rng, tumour)).save(folder / f"{label} {i}{suffix}", quality=95)
-    return root
+from triage.testing import IMAGE_SIZE, make_blob_dataset, train_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -53,21 +27,38 @@ def blob_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_blob_dataset(tmp_path_factory.mktemp("blobs"))
 
 
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> pytest.MonkeyPatch:
+    """The session's feature cache for a session fixture (the autouse one is per test)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRIAGE_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+    return patch
+
+
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, blob_dataset: Path) -> Path:
-    """A model trained on the blob set with the random backbone at 32 px (session-wide)."""
+    """The tiny test model (triage.testing.TINY_TRAINING) trained on the blob set (session-wide)."""
+    patch = _session_cache(tmp_path_factory)
+    try:
+        return train_tiny_model(blob_dataset, tmp_path_factory.mktemp("model") / "blob-model").out_dir
+    finally:
+        patch.undo()
+
+
+@pytest.fixture(scope="session")
+def vgg19_model(tmp_path_factory: pytest.TempPathFactory, blob_dataset: Path) -> Path:
+    """The real VGG19 graph (random weights, 32 px) trained on the blob set (session-wide).
+
+    Its pooled features differ little between images: without the L2 penalty and with a
+    larger step the head separates blobs from noise (validation accuracy 1.0 over seeds).
+    """
     from triage.train.training import TrainConfig, train_model
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRIAGE_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+    patch = _session_cache(tmp_path_factory)
     try:
-        out = tmp_path_factory.mktemp("model") / "blob-model"
-        # The random backbone's pooled features differ little between images at 32 px: without
-        # the L2 penalty and with a larger step the head separates blobs from noise reliably
-        # (validation accuracy 1.0 over seeds), so the scores of this model mean something.
-        train_model(blob_dataset, out, TrainConfig(
-            epochs=40, image_size=IMAGE_SIZE, backbone_weights="random", seed=1337, l2=0.0,
-            learning_rate=0.01))
+        out = tmp_path_factory.mktemp("model") / "vgg19-blob-model"
+        train_model(blob_dataset, out, TrainConfig(epochs=40, image_size=IMAGE_SIZE,
+                                                   backbone_weights="random", seed=1337, l2=0.0,
+                                                   learning_rate=0.01))
+        return out
     finally:
-        mp.undo()
-    return out
+        patch.undo()

@@ -12,39 +12,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from pydicom.uid import generate_uid
-from test_series import mr_slice, write_nifti
 
-from conftest import blob_image
 from triage.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.results.tables import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
+from triage.testing import blob_image, mr_slice, write_nifti, write_series, write_volume
 
 TUMOUR_SLICES = {"t2": (2, 3), "t1": (), "volume": (1, 4)}
-
-
-def slice_pixels(seed: int, tumour: bool) -> bytes:
-    """A 64x64 16-bit slice: a noisy 'scan', with a bright disc when ``tumour``."""
-    pixels = blob_image(np.random.default_rng(seed), tumour, size=64)[..., 0].astype(np.int16) * 8
-    return pixels.tobytes()
-
-
-def write_series(folder: Path, study: str, name: str, n: int) -> dict[str, float]:
-    """``n`` axial slices named in shuffled order (IM<k>), no stored window; returns name -> z."""
-    series = generate_uid()
-    order = np.random.default_rng(len(name)).permutation(n)
-    positions = {}
-    for index, shuffled in enumerate(order):
-        path = folder / name / f"IM{shuffled}"
-        mr_slice(path, study=study, series=series, z=2.5 * index, instance=None,
-                 SeriesDescription=name.upper(), WindowCenter=None, WindowWidth=None,
-                 PixelData=slice_pixels(100 * len(name) + index, index in TUMOUR_SLICES[name]))
-        positions[path.relative_to(folder).as_posix()] = 2.5 * index
-    return positions
-
-
-def write_volume(path: Path, n: int = 6) -> None:
-    slices = [blob_image(np.random.default_rng(500 + k), k in TUMOUR_SLICES["volume"], size=64)[..., 0]
-              for k in range(n)]
-    write_nifti(path, np.stack(slices, axis=-1).astype(np.int16), np.eye(4))
 
 
 POSITIONS: dict[str, float] = {}  # relpath -> z of every series slice of the folder
@@ -55,10 +28,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two DICOM series of one study, a NIfTI volume, a CT file, a 4D NIfTI and loose PNGs."""
     root = tmp_path_factory.mktemp("cases")
     study = generate_uid()
-    POSITIONS.update(write_series(root, study, "t2", 5))
-    POSITIONS.update(write_series(root, study, "t1", 4))
+    POSITIONS.update(write_series(root, study, "t2", 5, TUMOUR_SLICES["t2"]))
+    POSITIONS.update(write_series(root, study, "t1", 4, TUMOUR_SLICES["t1"]))
     (root / "vol").mkdir()
-    write_volume(root / "vol" / "head.nii.gz")
+    write_volume(root / "vol" / "head.nii.gz", tumour_slices=TUMOUR_SLICES["volume"])
     write_nifti(root / "vol" / "bold.nii", np.zeros((4, 4, 4, 2), dtype=np.int16), np.eye(4))
     mr_slice(root / "ct" / "ct.dcm", study=generate_uid(), series=generate_uid(), Modality="CT")
     (root / "loose").mkdir()

@@ -12,9 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from conftest import IMAGE_SIZE
 from triage import __version__
 from triage.cli import EXIT_MODEL, EXIT_OK, EXIT_USAGE, main
+from triage.model.network import TINY_BACKBONE
+from triage.testing import IMAGE_SIZE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = sorted(main.commands)
@@ -136,7 +137,7 @@ def test_train_bad_folder_messages(tmp_path: Path, setup, message: str) -> None:
 def test_train_and_evaluate_through_the_cli(tmp_path: Path, blob_dataset: Path) -> None:
     runner = CliRunner()
     trained = runner.invoke(main, ["train", str(blob_dataset), "--out", str(tmp_path / "model"),
-                                   "--backbone-weights", "random", "--image-size", str(IMAGE_SIZE),
+                                   "--backbone-weights", TINY_BACKBONE, "--image-size", str(IMAGE_SIZE),
                                    "--epochs", "3", "--folds", "3"])
     assert trained.exit_code == EXIT_OK, trained.output
     assert "RANDOM BACKBONE" in trained.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,22 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import IMAGE_SIZE, blob_image, make_blob_dataset
 from triage.cli import EXIT_OK, EXIT_USAGE, main
-
-
-def csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def labelled_folder(root: Path, positive: str = "yes", negative: str = "no", per_class: int = 5) -> Path:
-    rng = np.random.default_rng(3)
-    for name, tumour in ((positive, True), (negative, False)):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(blob_image(rng, tumour)).save(root / name / f"{name}{i}.png")
-    return root
+from triage.model.network import TINY_BACKBONE
+from triage.testing import IMAGE_SIZE, blob_image, csv_rows, make_blob_dataset, write_blob_images
 
 
 def evaluate(data: Path, model: Path, out: Path, *options: str) -> tuple[dict, list[dict[str, str]], str]:
@@ -52,7 +38,7 @@ def check_predictions(report: dict, rows: list[dict[str, str]], threshold: float
 
 
 def test_evaluate_skips_unreadable_files_and_takes_a_threshold(tmp_path: Path, trained_model: Path) -> None:
-    data = labelled_folder(tmp_path / "data")
+    data = make_blob_dataset(tmp_path / "data", per_class=5, seed=3)
     (data / "yes" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     n_readable = 10
     card = json.loads((trained_model / "model_card.json").read_text())
@@ -77,7 +63,8 @@ def test_evaluate_skips_unreadable_files_and_takes_a_threshold(tmp_path: Path, t
 
 
 def test_evaluate_with_other_class_names(tmp_path: Path, trained_model: Path) -> None:
-    data = labelled_folder(tmp_path / "data", positive="tumour", negative="healthy", per_class=3)
+    data = make_blob_dataset(tmp_path / "data", per_class=3, seed=3, positive="tumour",
+                             negative="healthy")
     refused = CliRunner().invoke(main, ["evaluate", str(data), "--model", str(trained_model),
                                         "--out", str(tmp_path / "refused")])
     assert refused.exit_code == EXIT_USAGE and "Traceback" not in refused.output
@@ -102,8 +89,7 @@ def test_evaluate_with_other_class_names(tmp_path: Path, trained_model: Path) ->
 def test_outputs_inside_the_input_folder_are_refused(tmp_path: Path, trained_model: Path,
                                                      outputs: list[str]) -> None:
     folder = tmp_path / "input"
-    (folder / "sub").mkdir(parents=True)
-    Image.fromarray(blob_image(np.random.default_rng(1), True)).save(folder / "sub" / "a.png")
+    write_blob_images(folder / "sub", ["a.png"], seed=1)
     before = {p.relative_to(folder): (p.is_dir(), p.stat().st_mtime_ns, p.is_file() and p.read_bytes())
               for p in folder.rglob("*")}
     args = [a.format(input=folder, tmp=tmp_path) for a in outputs]
@@ -147,7 +133,7 @@ def test_training_reads_webp_files(tmp_path: Path) -> None:
     Image.fromarray(blob_image(rng, False)).save(data / "no" / "extra.WEBP", lossless=True)
     n_files = sum(1 for p in data.rglob("*") if p.is_file())
     result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "model"),
-                                       "--backbone-weights", "random", "--image-size", str(IMAGE_SIZE),
+                                       "--backbone-weights", TINY_BACKBONE, "--image-size", str(IMAGE_SIZE),
                                        "--epochs", "1", "--val-split", "0.3"])
     assert result.exit_code == EXIT_OK, result.output
     card = json.loads((tmp_path / "model" / "model_card.json").read_text())

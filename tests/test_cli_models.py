@@ -2,55 +2,25 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from conftest import blob_image
 from triage.cli import EXIT_INTERNAL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, main
+from triage.testing import copy_model, csv_rows, write_blob_images
 
 # Folder names sort one way, creation dates another.
 AGES = {"a-middle": "2025-06-01T00:00:00+00:00", "b-newest": "2026-01-01T00:00:00+00:00",
         "c-oldest": "2024-01-01T00:00:00+00:00"}
 
 
-def copy_model(source: Path, dest: Path, **card_changes: object) -> Path:
-    """A copy of a model folder (files hard-linked where possible) whose card has ``card_changes``."""
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, dest, copy_function=link_or_copy)
-    card_path = dest / "model_card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    card_path.unlink()  # maybe a hard link to the source's card: write a new file instead
-    card_path.write_text(json.dumps({**card, **card_changes}, indent=2), encoding="utf-8")
-    return dest
-
-
 def scan_folder(root: Path, n: int = 2) -> Path:
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(7)
-    for i in range(n):
-        Image.fromarray(blob_image(rng, i % 2 == 0)).save(root / f"scan{i}.png")
-    return root
-
-
-def csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return write_blob_images(root, [f"scan{i}.png" for i in range(n)], seed=7)
 
 
 def tree(root: Path) -> dict[str, bytes | None]:

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from conftest import SHARED_DATA
 from triage.inputs.decode import read_image
 from triage.labelled.copies import (
     NEAR_DISTANCE,
@@ -24,6 +23,7 @@ from triage.labelled.copies import (
     near_matches,
 )
 from triage.labelled.dataset import index_labelled
+from triage.testing import SHARED_DATA
 
 SIZE = 256
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from triage.errors import ImageLoadError
 from triage.inputs import dicom, formats
@@ -21,18 +20,13 @@ from triage.inputs.decode import decode_bytes, read_image
 from triage.inputs.discovery import discover, display_path, path_bytes
 from triage.results.records import ModelSummary, Row, ScanResult
 from triage.results.tables import read_csv, write_csv
+from triage.testing import png_bytes, write_dicom
 
 
 def load_error(path: Path) -> ImageLoadError:
     with pytest.raises(ImageLoadError) as info:
         read_image(path)
     return info.value
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def noise(height: int = 64, width: int = 64) -> np.ndarray:
@@ -44,21 +38,11 @@ def noise(height: int = 64, width: int = 64) -> np.ndarray:
 
 def dicom_bytes(frames: int, rows: int, columns: int, *, syntax: str = ExplicitVRLittleEndian,
                 samples: int = 1) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = FileDataset("series.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.SamplesPerPixel = rows, columns, frames, samples
-    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    bits = 8 if samples == 3 else 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = bytes(frames * rows * columns * samples * bits // 8)
+    """A DICOM file of ``frames`` black frames: 16-bit grey, or 8-bit RGB with 3 ``samples``."""
+    pixels = np.zeros((frames, rows, columns, 3), np.uint8) if samples == 3 else \
+        np.zeros((frames, rows, columns), np.uint16)
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    write_dicom(buffer, pixels, syntax=syntax, NumberOfFrames=frames)
     return buffer.getvalue()
 
 

@@ -15,14 +15,14 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import JPEG2000
 
 from triage.errors import ImageLoadError, UsageError
 from triage.inputs import decode, dicom, discovery
 from triage.inputs.decode import decode_bytes, read_image
 from triage.inputs.discovery import FoundFile, discover
 from triage.results.records import STATUSES
+from triage.testing import png_bytes, write_dicom
 
 
 def rng() -> np.random.Generator:
@@ -194,17 +194,11 @@ def test_bmp_tiff16_gif_and_float_tiff(tmp_path: Path) -> None:
 
 def test_image_without_extension_is_found_by_content(tmp_path: Path) -> None:
     pixels = rng().integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    (tmp_path / "scan").write_bytes(_png_bytes(pixels))
+    (tmp_path / "scan").write_bytes(png_bytes(pixels))
     loaded = read_image(tmp_path / "scan")
     assert loaded.format == "PNG"
     np.testing.assert_array_equal(loaded.pixels, pixels)
-    assert decode_bytes(_png_bytes(pixels))[1] == "PNG"
-
-
-def _png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
+    assert decode_bytes(png_bytes(pixels))[1] == "PNG"
 
 
 # --- failures -------------------------------------------------------------------------------
@@ -235,7 +229,7 @@ def test_truncated_png_and_jpeg_are_unreadable(tmp_path: Path, after_weasyprint:
         assert err.reason
         assert getattr(err, "sha256") == hashlib.sha256(data).hexdigest()
     for cut in (12, 20, 40):  # inside and just after the IHDR chunk: Pillow cannot identify it
-        (tmp_path / "head.png").write_bytes(_png_bytes(noise)[:cut])
+        (tmp_path / "head.png").write_bytes(png_bytes(noise)[:cut])
         assert load_error(tmp_path / "head.png").kind == "unreadable", cut
 
 
@@ -279,31 +273,6 @@ def test_bombs_are_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.M
 
 
 # --- DICOM ----------------------------------------------------------------------------------
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, preamble: bool = True,
-                **attributes: object) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128 if preamble else None)
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    colour = pixels.dtype == np.uint8 and pixels.shape[-1] == 3  # uint8 (rows, cols, 3) is RGB
-    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
-    if colour:
-        ds.PlanarConfiguration = 0
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=preamble)
-    return path
 
 
 def windowed(stored: np.ndarray, slope: float, intercept: float, center: float,
@@ -388,7 +357,7 @@ def build_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, str | None]]:
     (root / ".git").mkdir()
     outside.mkdir()
     pixels = rng().integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    png = _png_bytes(pixels)
+    png = png_bytes(pixels)
     odd = "scan 01 ünï <>&\"'.png"
     (root / "a.png").write_bytes(png)
     (root / odd).write_bytes(png)

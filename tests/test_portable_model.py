@@ -43,14 +43,17 @@ def test_preprocess_layer_is_vgg19_preprocess_input() -> None:
     np.testing.assert_array_equal(np.asarray(layer(images)), expected)  # exact: x * 1 + 0s + bias
 
 
-def test_model_has_no_custom_layer_and_loads_with_plain_keras(trained_model: Path, tmp_path: Path) -> None:
+def test_model_has_no_custom_layer_and_loads_with_plain_keras(vgg19_model: Path, trained_model: Path,
+                                                             tmp_path: Path) -> None:
+    """The real VGG19 graph and the tiny test model alike, in one fresh process."""
     from triage.model.network import load_classifier
 
-    model_file = trained_model / "model.keras"
-    with zipfile.ZipFile(model_file) as archive:
-        config = archive.read("config.json").decode()
-    assert "triage>" not in config and "CaffePreprocess" not in config
-    assert json.loads(config)["config"]["layers"][1]["class_name"] == "Conv2D"
+    model_files = [vgg19_model / "model.keras", trained_model / "model.keras"]
+    for model_file in model_files:
+        with zipfile.ZipFile(model_file) as archive:
+            config = archive.read("config.json").decode()
+        assert "triage>" not in config and "CaffePreprocess" not in config
+        assert json.loads(config)["config"]["layers"][1]["class_name"] == "Conv2D"
 
     np.save(tmp_path / "images.npy", _images())
     _python(f"""
@@ -58,15 +61,16 @@ def test_model_has_no_custom_layer_and_loads_with_plain_keras(trained_model: Pat
         import keras
         import numpy as np
 
-        model = keras.models.load_model({str(model_file)!r})
         images = np.load("images.npy")
-        np.save("probabilities.npy", model.predict(images, verbose=0))
+        for i, path in enumerate({[str(f) for f in model_files]!r}):
+            np.save(f"probabilities{{i}}.npy", keras.models.load_model(path).predict(images, verbose=0))
         assert "triage" not in sys.modules, "triage was imported"
         """, cwd=tmp_path)
-    plain = np.load(tmp_path / "probabilities.npy")
-    ours = load_classifier(model_file).predict(_images(), verbose=0)
-    assert plain.shape == (6, 1)
-    np.testing.assert_allclose(plain, ours, rtol=0, atol=1e-6)
+    for i, model_file in enumerate(model_files):
+        plain = np.load(tmp_path / f"probabilities{i}.npy")
+        ours = load_classifier(model_file).predict(_images(), verbose=0)
+        assert plain.shape == (6, 1)
+        np.testing.assert_allclose(plain, ours, rtol=0, atol=1e-6)
 
 
 def test_old_model_with_caffe_preprocess_still_loads(trained_model: Path, tmp_path: Path) -> None:

@@ -10,29 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import blob_image
 from triage.cli import EXIT_MODEL, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.results.tables import read_csv
+from triage.testing import blob_image, copy_model, write_blob_images, write_dicom
 
 NASTY = "odd <b>&\"' name.png"  # a failed file: the report's failure table shows it
-
-
-def _write_dicom(path: Path, pixels: np.ndarray) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName = "MR", "Test^Phantom"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +33,8 @@ def incoming(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(blob_image(rng, True, size=40)[:, :20]).save(root / "rotated.jpg", exif=exif)
-    _write_dicom(root / "mr_slice.dcm", blob_image(rng, True)[..., 0].astype(np.uint16) * 16)
+    write_dicom(root / "mr_slice.dcm", blob_image(rng, True)[..., 0].astype(np.uint16) * 16, BitsStored=12,
+                HighBit=11)
     buffer = io.BytesIO()
     Image.fromarray(blob_image(rng, True)).save(buffer, "PNG")
     (root / "truncated.png").write_bytes(buffer.getvalue()[:100])
@@ -154,10 +138,7 @@ def test_scanning_twice_gives_identical_probabilities(scanned, incoming: Path, t
 
 
 def test_all_good_folder_exits_zero(tmp_path: Path, trained_model: Path) -> None:
-    rng = np.random.default_rng(9)
-    (tmp_path / "in").mkdir()
-    for i in range(3):
-        Image.fromarray(blob_image(rng, True)).save(tmp_path / "in" / f"{i}.png")
+    write_blob_images(tmp_path / "in", ["0.png", "1.png", "2.png"], seed=9)
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.html"),
                                        "--model", str(trained_model), "--quiet"])
     assert result.exit_code == EXIT_OK, result.output
@@ -166,23 +147,15 @@ def test_all_good_folder_exits_zero(tmp_path: Path, trained_model: Path) -> None
 
 def test_default_model_is_newest_under_models(tmp_path: Path, trained_model: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-    import shutil
-
     models = tmp_path / "models"
     # Folder names sort one way, creation dates another: the card's created_at decides.
     ages = {"a-middle": "2025-06-01T00:00:00+00:00", "b-newest": "2026-01-01T00:00:00+00:00",
             "c-oldest": "2024-01-01T00:00:00+00:00"}
     for name, created_at in ages.items():
-        shutil.copytree(trained_model, models / name, copy_function=os.link)
-        card_path = models / name / "model_card.json"
-        card = json.loads(card_path.read_text())
-        card_path.unlink()  # a hard link: write a new file, not through the shared one
-        card_path.write_text(json.dumps({**card, "created_at": created_at, "model_id": f"id-{name}"}))
+        copy_model(trained_model, models / name, created_at=created_at, model_id=f"id-{name}")
     newest = max(ages, key=ages.__getitem__)
     monkeypatch.setenv("TRIAGE_MODELS", str(models))
-    (tmp_path / "in").mkdir()
-    Image.fromarray(blob_image(np.random.default_rng(0), True)).save(tmp_path / "in" / "a.png")
+    write_blob_images(tmp_path / "in", ["a.png"])
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == EXIT_OK, result.output
     assert read_csv(tmp_path / "r.csv")[0]["model_id"] == f"id-{newest}"
@@ -223,10 +196,7 @@ def test_broken_model_folder_is_a_model_error(tmp_path: Path, trained_model: Pat
 
 def test_a_scan_without_heat_maps_makes_no_display_copies(tmp_path: Path, trained_model: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(8)
-    (tmp_path / "in").mkdir()
-    for i in range(3):
-        Image.fromarray(blob_image(rng, tumour=i == 0)).save(tmp_path / "in" / f"scan{i}.png")
+    write_blob_images(tmp_path / "in", ["scan0.png", "scan1.png", "scan2.png"], seed=8, tumour_every=3)
     out = tmp_path / "out" / "report.html"
     args = ["scan", str(tmp_path / "in"), "--out", str(out), "--model", str(trained_model), "--quiet"]
     assert CliRunner().invoke(main, [*args, "--explain", "all"]).exit_code == EXIT_OK
@@ -241,3 +211,39 @@ def test_a_scan_without_heat_maps_makes_no_display_copies(tmp_path: Path, traine
     rows = read_csv(out.with_suffix(".csv"))
     assert [(r["path"], r["status"], r["probability"]) for r in rows] == \
         [(r["path"], r["status"], r["probability"]) for r in with_maps]
+
+
+def test_the_tiny_test_model_is_marked_as_no_real_model(scanned, trained_model: Path) -> None:
+    from triage.model.card import RANDOM_WARNING, read_card
+    from triage.model.network import TINY_ARCHITECTURE
+
+    card = read_card(trained_model)
+    assert (card.backbone.architecture, card.backbone.weights, card.warning) == (
+        TINY_ARCHITECTURE, "random", RANDOM_WARNING)
+    _, out = scanned
+    assert "RANDOM BACKBONE" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_real_vgg19_graph_trains_and_scans(vgg19_model: Path, tmp_path: Path) -> None:
+    """The session's VGG19 model (random weights, 32 px, trained by train_model), scanned by the CLI."""
+    from triage.hashing import sha256_file
+    from triage.model.card import read_card
+
+    card = read_card(vgg19_model)
+    assert (card.backbone.architecture, card.backbone.weights) == ("VGG19", "random") and card.warning
+    names = [f"scan{i}.png" for i in range(8)]
+    write_blob_images(tmp_path / "in", names, seed=21)  # a disc on every other one
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(out), "--model",
+                                       str(vgg19_model), "--explain", "all", "--quiet"])
+    assert result.exit_code == EXIT_OK, result.output
+    rows = {row["path"]: row for row in read_csv(out.with_suffix(".csv"))}
+    assert sorted(rows) == names and all(row["status"] == "ok" for row in rows.values())
+    tumours, noise = ([float(rows[name]["probability"]) for name in names[first::2]] for first in (0, 1))
+    assert min(tumours) > max(noise)  # its scores tell discs from noise
+    for row in rows.values():
+        with Image.open(out.parent / row["heatmap"]) as overlay:
+            assert overlay.size == (int(row["width"]), int(row["height"]))
+    facts = json.loads((out.parent / "run.json").read_text())
+    assert facts["model"]["sha256"] == sha256_file(vgg19_model / "model.keras")
+    assert "RANDOM BACKBONE" in out.read_text(encoding="utf-8")

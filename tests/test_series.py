@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -27,33 +26,11 @@ from triage.inputs.cases import (
 )
 from triage.inputs.decode import read_image
 from triage.inputs.discovery import discover
+from triage.testing import AXIAL, mr_slice, write_nifti
 
 MR_SMALL = get_testdata_file("MR_small.dcm")
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
-
-
-def mr_slice(path: Path, *, study: str, series: str, z: float = 0.0, position: tuple | None = None,
-             orientation: tuple = AXIAL, instance: int | None = 1, **edits: object) -> Path:
-    """A copy of pydicom's MR_small.dcm (64x64, 16-bit) with other UIDs and geometry."""
-    ds = pydicom.dcmread(MR_SMALL)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.ImageOrientationPatient = list(orientation)
-    ds.ImagePositionPatient = list(position if position is not None else (0.0, 0.0, z))
-    if instance is None:
-        del ds.InstanceNumber
-    else:
-        ds.InstanceNumber = instance
-    for keyword, value in edits.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path)
-    return path
 
 
 def cases_of(folder: Path, **options: object) -> list[Case]:
@@ -292,11 +269,6 @@ def test_files_too_large_and_loose_images_are_told_apart(tmp_path: Path, monkeyp
     image = image_case(loose[1])
     assert (image.kind, image.case_id, image.slices[0].slice_index) == ("image", "scan.png", None)
     np.testing.assert_array_equal(decode_slice(image.slices[0], image), read_image(loose[1].path).pixels)
-
-
-def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(data, affine), path)
-    return path
 
 
 def test_nifti_slices_are_shown_as_radiology_viewers_show_them(tmp_path: Path) -> None:

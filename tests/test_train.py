@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IMAGE_SIZE, SHARED_DATA, make_blob_dataset
 from triage.errors import DataError
 from triage.labelled.dataset import index_labelled, split
-from triage.model.card import CARD_FILE, CURVES_FILE, MODEL_FILE, read_card
+from triage.model.card import CARD_FILE, CURVES_FILE, MODEL_FILE, RANDOM_WARNING, read_card
+from triage.model.network import TINY_ARCHITECTURE, TINY_BACKBONE
+from triage.testing import IMAGE_SIZE, SHARED_DATA, TINY_TRAINING, make_blob_dataset
 from triage.train.training import TrainConfig, train_model
 
 
@@ -51,17 +52,35 @@ def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
     assert {p.name for p in trained_model.iterdir()} == {MODEL_FILE, CARD_FILE, CURVES_FILE}
     assert card.validation_metrics["accuracy"]["value"] >= 0.9
     assert card.validation_metrics["roc_auc"]["value"] >= 0.9
-    assert len(card.history["val_accuracy"]) == 40
+    assert len(card.history["val_accuracy"]) == card.hyperparameters.epochs == TINY_TRAINING["epochs"]
     assert card.split.train.n + card.split.validation.n == 80
     assert card.split.validation.n == 16
-    assert card.hyperparameters.l2 == 0.0 and card.hyperparameters.learning_rate == 0.01
     assert card.hyperparameters.dropout == 0.35
-    assert card.backbone.weights == "random" and "RANDOM BACKBONE" in card.warning
+    assert (card.backbone.weights, card.backbone.architecture) == ("random", TINY_ARCHITECTURE)
+    assert card.warning == RANDOM_WARNING
     assert (card.data.class_names.negative, card.data.class_names.positive) == ("no", "yes")
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         metric = card.validation_metrics[name]
         assert metric["ci_low"] <= metric["value"] <= metric["ci_high"], name
     assert (trained_model / CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_tiny_model_scores_discs_above_noise_and_spreads_them(trained_model: Path,
+                                                                  blob_dataset: Path) -> None:
+    """The scores of the tests' model mean something: on its validation images every disc scores
+    above every noise image, no two images score alike, and the scores span most of [0, 1]."""
+    from triage.inputs.decode import read_image
+    from triage.model.network import load_classifier
+    from triage.model.preprocess import resize_for_model
+
+    files = [blob_dataset / path for path in read_card(trained_model).split.validation_files]
+    images = np.stack([resize_for_model(read_image(path).pixels, IMAGE_SIZE) for path in files])
+    scores = np.asarray(load_classifier(trained_model / MODEL_FILE)(images)).ravel()
+    tumour = np.array([path.parent.name == "yes" for path in files])
+    assert tumour.any() and not tumour.all()
+    assert scores[tumour].min() > scores[~tumour].max()
+    assert len(np.unique(scores)) == len(scores)
+    assert scores.max() - scores.min() > 0.5
 
 
 def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dataset: Path) -> None:
@@ -74,7 +93,8 @@ def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dat
 
     model = load_classifier(trained_model / MODEL_FILE)
     card = read_card(trained_model)
-    cache = FeatureCache(default_cache_dir(), cache_key(resolve_backbone_weights("random", 1337), IMAGE_SIZE))
+    weights = resolve_backbone_weights(TINY_BACKBONE, TINY_TRAINING["seed"])
+    cache = FeatureCache(default_cache_dir(), cache_key(weights, IMAGE_SIZE))
     files = [blob_dataset / p for p in card.split.validation_files]
     images = [read_image(p) for p in files]
     kept = np.stack([cache.get(image.sha256)[0] for image in images])
@@ -90,7 +110,7 @@ def test_saved_model_matches_head_on_kept_features(trained_model: Path, blob_dat
 
 def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path: Path, blob_dataset: Path,
                                                 trained_model: Path) -> None:
-    config = TrainConfig(epochs=2, image_size=IMAGE_SIZE, backbone_weights="random")
+    config = TrainConfig(**{**TINY_TRAINING, "epochs": 2})
     first = train_model(blob_dataset, tmp_path / "a", config)
     assert first.card.features.from_cache == 80  # trained_model filled the cache
     cache_file = Path(first.card.features.cache)
@@ -98,8 +118,8 @@ def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path: Path, blob_dataset: Pa
     rebuilt = train_model(blob_dataset, tmp_path / "b", config)
     assert rebuilt.card.features.from_cache == 0
     assert rebuilt.card.features.extracted == 80
-    again = train_model(blob_dataset, tmp_path / "c", TrainConfig(
-        epochs=2, image_size=IMAGE_SIZE, backbone_weights="random", learning_rate=1e-2))
+    again = train_model(blob_dataset, tmp_path / "c", TrainConfig(**{**TINY_TRAINING, "epochs": 2,
+                                                                     "learning_rate": 1e-2}))
     assert again.card.features.from_cache == 80
 
 
@@ -118,6 +138,7 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
     assert features.FeatureCache(tmp_path, base).get("a" * 64) is not None
     variants = {
         "weights": features.cache_key(resolve_backbone_weights("random", 7), IMAGE_SIZE),
+        "backbone": features.cache_key(resolve_backbone_weights(TINY_BACKBONE, 1337), IMAGE_SIZE),
         "image size": features.cache_key(weights, IMAGE_SIZE * 2),
         "precision": features.cache_key(weights, IMAGE_SIZE, "bf16"),
         "device": features.cache_key(weights, IMAGE_SIZE, device="gpu"),
@@ -131,7 +152,7 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
         with monkeypatch.context() as patch:
             patch.setattr(features, "library_versions", lambda lib=library: {**real(), lib: "0.0-other"})
             variants[library] = features.cache_key(weights, IMAGE_SIZE)
-    assert len(variants) == 11
+    assert len(variants) == 12
     for name, key in variants.items():
         assert key != base, name
         assert features.FeatureCache(tmp_path, key).get("a" * 64) is None, name
@@ -139,14 +160,15 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
 
 def test_no_cache_option(tmp_path: Path, blob_dataset: Path) -> None:
     result = train_model(blob_dataset, tmp_path / "m", TrainConfig(
-        epochs=1, image_size=IMAGE_SIZE, backbone_weights="random", cache=False))
+        epochs=1, image_size=IMAGE_SIZE, backbone_weights=TINY_BACKBONE, cache=False))
     features = result.card.features
     assert (features.extracted, features.from_cache, features.cache) == (80, 0, None)
 
 
+@pytest.mark.slow
 def test_target_sensitivity_and_folds(tmp_path: Path, blob_dataset: Path, trained_model: Path) -> None:
     result = train_model(blob_dataset, tmp_path / "m", TrainConfig(
-        epochs=5, image_size=IMAGE_SIZE, backbone_weights="random", target_sensitivity=0.75, folds=4))
+        epochs=5, image_size=IMAGE_SIZE, backbone_weights=TINY_BACKBONE, target_sensitivity=0.75, folds=4))
     card = result.card
     assert "0.75" in card.threshold_rule
     assert card.validation_metrics["threshold"] == card.threshold
@@ -162,7 +184,7 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
     (root / "no" / "empty.jpg").write_bytes(b"")
     (root / "no" / "notes.txt").write_text("hello")
     result = train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
-                                                            backbone_weights="random"))
+                                                            backbone_weights=TINY_BACKBONE))
     skipped = {row.path: row.status for row in result.card.data.skipped}
     assert skipped == {"yes/broken.png": "unreadable", "no/empty.jpg": "empty"}
     assert result.card.data.n_images == 24
@@ -202,7 +224,7 @@ def test_bad_data_folders(tmp_path: Path, layout: dict[str, int], message: str) 
             Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     with pytest.raises(DataError, match=message):
         train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
-                                                      backbone_weights="random"))
+                                                      backbone_weights=TINY_BACKBONE))
 
 
 def test_positive_option_renames_classes(tmp_path: Path) -> None:
@@ -210,7 +232,8 @@ def test_positive_option_renames_classes(tmp_path: Path) -> None:
     (root / "yes").rename(root / "tumour")
     (root / "no").rename(root / "healthy")
     result = train_model(root, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
-                                                            backbone_weights="random", positive="tumour"))
+                                                            backbone_weights=TINY_BACKBONE,
+                                                            positive="tumour"))
     names = result.card.data.class_names
     assert (names.negative, names.positive) == ("healthy", "tumour")
     assert result.card.split.train.positive + result.card.split.validation.positive == 10
@@ -223,5 +246,5 @@ def test_output_folder_not_empty_is_refused(tmp_path: Path, blob_dataset: Path) 
     (tmp_path / "m" / "keep.txt").write_text("mine")
     with pytest.raises(UsageError, match="not empty"):
         train_model(blob_dataset, tmp_path / "m", TrainConfig(epochs=1, image_size=IMAGE_SIZE,
-                                                               backbone_weights="random"))
+                                                               backbone_weights=TINY_BACKBONE))
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
