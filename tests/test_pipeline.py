@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import os
 import re
@@ -17,15 +16,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from conftest import IMAGE_SIZE, blob_image, make_blob_dataset
 from triage.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from triage.errors import ModelError, Stopped
 from triage.hooks import RunHooks
 from triage.model.card import CARD_FILE, CARD_SCHEMA_VERSION, read_card
+from triage.model.network import TINY_BACKBONE
+from triage.testing import IMAGE_SIZE, make_blob_dataset, write_blob_images
 
 PACKAGE = Path(__file__).resolve().parents[1] / "triage"
+
+
+def package_modules() -> list[Path]:
+    """Every module of the package, those of its subpackages included."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    assert len(modules) >= 40, f"found only {len(modules)} modules under {PACKAGE}"
+    return modules
 
 
 # --------------------------------------------------------------------------- one scoring path
@@ -100,8 +106,6 @@ def test_card_is_a_typed_record_that_round_trips(trained_model: Path) -> None:
     assert card.image_size == IMAGE_SIZE and card.split.validation.n == len(card.split.validation_files)
     raw = json.loads((trained_model / CARD_FILE).read_text())
     assert json.loads(card.to_json()) == raw
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        card.threshold = 0.1  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("change, words", [
@@ -124,10 +128,11 @@ def test_card_of_another_schema_or_broken_is_refused_in_one_sentence(
 def test_card_lookups_by_key_only_inside_the_card_module() -> None:
     """Outside card.py nothing reads a card field by string key (card["..."] / card.get("..."))."""
     offenders = []
-    for path in PACKAGE.glob("*.py"):
-        if path.name != "card.py":
+    for path in package_modules():
+        if path != PACKAGE / "model" / "card.py":
             text = path.read_text(encoding="utf-8")
-            offenders += [f"{path.name}: {m}" for m in re.findall(r"card(?:\[|\.get\()[\"']\w+", text)]
+            offenders += [f"{path.relative_to(PACKAGE)}: {m}"
+                          for m in re.findall(r"card(?:\[|\.get\()[\"']\w+", text)]
     assert not offenders
 
 
@@ -172,13 +177,14 @@ def test_a_stopped_evaluation_writes_nothing(tmp_path: Path, trained_model: Path
     assert not (tmp_path / "e").exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_and_leaves_no_folder(tmp_path: Path) -> None:
     data = make_blob_dataset(tmp_path / "data", per_class=12, seed=3)
     models, log_file = tmp_path / "models", tmp_path / "train.log"
     env = {**os.environ, "TRIAGE_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "triage", "train", str(data), "--out", str(models / "m"), "--quiet",
-         "--backbone-weights", "random", "--image-size", str(IMAGE_SIZE), "--epochs", "100000",
+         "--backbone-weights", TINY_BACKBONE, "--image-size", str(IMAGE_SIZE), "--epochs", "100000",
          "--log-file", str(log_file)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -198,20 +204,20 @@ def test_sigterm_stops_training_and_leaves_no_folder(tmp_path: Path) -> None:
 def test_library_errors_name_no_command_line_flags() -> None:
     """The core speaks of settings; the CLI adds the flag (see triage.cli.error_message)."""
     flagged = []
-    for path in PACKAGE.glob("*.py"):
-        if path.name == "cli.py":
+    for path in package_modules():
+        if path == PACKAGE / "cli.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Raise):
                 texts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)
                          and isinstance(c.value, str)]
-                flagged += [f"{path.name}:{node.lineno}" for t in texts if re.search(r"--[a-z]", t)]
+                flagged += [f"{path.relative_to(PACKAGE)}:{node.lineno}" for t in texts
+                            if re.search(r"--[a-z]", t)]
     assert not flagged
 
 
 def test_cli_adds_the_flag_to_a_library_error(tmp_path: Path, trained_model: Path) -> None:
-    (tmp_path / "in").mkdir()
-    Image.fromarray(blob_image(np.random.default_rng(0), True)).save(tmp_path / "in" / "a.png")
+    write_blob_images(tmp_path / "in", ["a.png"])
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.docx"),
                                        "--model", str(trained_model)])
     assert result.exit_code == EXIT_USAGE
