@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import IMAGE_SIZE, blob_image
+from triage.model.network import TINY_BACKBONE
+from triage.testing import IMAGE_SIZE, write_blob_images
+
+pytestmark = pytest.mark.slow  # each test starts Python and TensorFlow in a real process
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,18 +34,14 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture
 def scans(tmp_path: Path) -> Path:
-    folder = tmp_path / "incoming"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(3):
-        Image.fromarray(blob_image(rng, tumour=i == 0)).save(folder / f"scan{i}.png")
-    return folder
+    return write_blob_images(tmp_path / "incoming", ["scan0.png", "scan1.png", "scan2.png"], seed=3,
+                             tumour_every=3)
 
 
 def test_quiet_train_prints_one_line_and_logs_the_warning(tmp_path: Path, blob_dataset: Path) -> None:
     log_file = tmp_path / "logs" / "train.log"
     result = triage("train", str(blob_dataset), "--out", str(tmp_path / "model"), "--backbone-weights",
-                    "random", "--image-size", str(IMAGE_SIZE), "--epochs", "2", "--quiet",
+                    TINY_BACKBONE, "--image-size", str(IMAGE_SIZE), "--epochs", "2", "--quiet",
                     "--log-file", str(log_file))
     line = one_line(result)
     assert line.startswith(f"triage train {blob_dataset}: model ") and "80 images" in line

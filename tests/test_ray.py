@@ -8,18 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 from pydicom.uid import generate_uid
-from test_cases import write_series, write_volume
 
-from conftest import blob_image
 from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.hooks import RunHooks
 from triage.model.network import cpu_has_bf16
 from triage.results.tables import read_csv
+from triage.testing import write_blob_images, write_series, write_volume
 
 ray = pytest.importorskip("ray")
 
@@ -36,13 +33,10 @@ def local_ray():
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Loose PNGs (one a copy, one corrupt), a DICOM series and a NIfTI volume."""
     root = tmp_path_factory.mktemp("ray-input")
-    write_series(root, generate_uid(), "t2", 5)
+    write_series(root, generate_uid(), "t2", 5, tumour_slices=(2, 3))
     (root / "vol").mkdir()
-    write_volume(root / "vol" / "head.nii.gz")
-    (root / "loose").mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(9):
-        Image.fromarray(blob_image(rng, i % 3 == 0)).save(root / "loose" / f"scan{i}.png")
+    write_volume(root / "vol" / "head.nii.gz", tumour_slices=(1, 4))
+    write_blob_images(root / "loose", [f"scan{i}.png" for i in range(9)], seed=3, tumour_every=3)
     shutil.copy(root / "loose" / "scan0.png", root / "loose" / "copy.png")
     (root / "loose" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     return root
@@ -54,6 +48,7 @@ def scan(folder: Path, out: Path, model: Path, *args: str) -> object:
                                      *args])
 
 
+@pytest.mark.slow
 def test_both_engines_write_the_same_outputs(local_ray, folder: Path, trained_model: Path,
                                              tmp_path: Path) -> None:
     local = scan(folder, tmp_path / "local", trained_model)
@@ -69,6 +64,7 @@ def test_both_engines_write_the_same_outputs(local_ray, folder: Path, trained_mo
     assert broken["status"] == "unreadable" and broken["reason"]  # a failed file is a row with its reason
 
 
+@pytest.mark.slow
 def test_an_interrupted_ray_run_leaves_the_previous_outputs(local_ray, folder: Path, trained_model: Path,
                                                            tmp_path: Path) -> None:
     from triage.engine.ray_data import RaySettings
@@ -114,6 +110,7 @@ def test_ray_settings_are_checked(folder: Path, trained_model: Path, tmp_path: P
         RaySettings(gpus_per_worker=-1).validate()
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_restarted_and_its_batch_retried(local_ray, folder: Path, trained_model: Path,
                                                               tmp_path: Path) -> None:
     """A model actor killed mid-run, and a decode task whose process exits: the same outcomes, in order."""
@@ -160,6 +157,7 @@ def test_a_worker_that_dies_is_restarted_and_its_batch_retried(local_ray, folder
     assert killed.read_text() and exited.exists()  # the actor was killed, a decode process exited
 
 
+@pytest.mark.slow
 def test_the_records_say_what_the_actors_ran(local_ray, folder: Path, trained_model: Path,
                                              tmp_path: Path) -> None:
     """The driver loads its copy in fp32 on the CPU; the actors run bf16, and every record says bf16."""
@@ -183,6 +181,7 @@ def test_the_records_say_what_the_actors_ran(local_ray, folder: Path, trained_mo
     (("--gpus-per-worker", "1"), "need 1 GPU(s), but the Ray cluster has 0 (--gpus-per-worker)"),
     (("--workers", "5"), "need 5.5 CPUs, but the Ray cluster has 2 (--workers)"),
 ])
+@pytest.mark.slow
 def test_a_request_the_cluster_cannot_meet_is_refused_before_scanning(
         local_ray, folder: Path, trained_model: Path, tmp_path: Path, args: tuple[str, ...],
         words: str) -> None:
@@ -192,6 +191,7 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_scanning(
     assert not (tmp_path / "out" / "report.csv").exists()
 
 
+@pytest.mark.slow
 def test_an_actor_that_cannot_load_the_model_is_one_typed_sentence(local_ray, folder: Path,
                                                                    trained_model: Path) -> None:
     from triage.engine.gradcam import CAM_LAYER

@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import blob_image
 from triage.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED
 from triage.results.tables import CSV_COLUMNS, read_csv
+from triage.testing import blob_image, write_blob_images
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 SUMMARY = re.compile(r"^triage scan .*: (\d+) found, (\d+) scored \((\d+) this run\), (\d+) flagged, "
@@ -127,10 +127,7 @@ def inode(path: Path) -> int | None:
 
 def write_images(folder: Path, names: list[str], seed: int, size: int = 48) -> None:
     """Small blob 'scans', every other one with a bright disc (so about half are flagged)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        Image.fromarray(blob_image(rng, tumour=i % 2 == 0, size=size)).save(folder / name)
+    write_blob_images(folder, names, seed=seed, size=size)
 
 
 def files_in(folder: Path) -> set[str]:
@@ -227,6 +224,7 @@ def one_line(text: str) -> str:
 # --------------------------------------------------------------------------- 1. the lock
 
 
+@pytest.mark.slow
 def test_concurrent_runs_lock_wait_and_killed_holder(cli: Cli, tmp_path: Path) -> None:
     """A second run fails fast (exit 4, one line naming the holder) or waits; a dead holder blocks nothing."""
     indir, out = tmp_path / "in", tmp_path / "out"
@@ -289,6 +287,7 @@ def test_concurrent_runs_lock_wait_and_killed_holder(cli: Cli, tmp_path: Path) -
 # --------------------------------------------------------------------------- 2. SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_keeps_the_previous_outputs(cli: Cli, tmp_path: Path) -> None:
     """Killed mid-scan, just after the CSV is renamed, while the PDF renders: every output
     stays whole (the previous version or the new one), and a rerun completes."""
@@ -401,6 +400,7 @@ def _check_interrupted(out: Path, code: int, stdout: str, stderr: str, everythin
     return outputs
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_stop_after_the_batch_and_write_everything(cli: Cli, tmp_path: Path) -> None:
     indir, out = tmp_path / "in", tmp_path / "out"
     pdf, html, heatmaps = out / "report.pdf", out / "report.html", out / "report_heatmaps"
@@ -509,6 +509,7 @@ def incremental(cli: Cli, tmp_path_factory: pytest.TempPathFactory, other_model:
     return Incremental(indir, runs, outputs, logs)
 
 
+@pytest.mark.slow
 def test_incremental_run_rescans_only_new_and_changed_files(incremental: Incremental) -> None:
     runs, outputs = incremental.runs, incremental.outputs
     assert runs["first"].returncode == EXIT_SOME_FAILED, runs["first"].stderr  # broken.png, notes.txt
@@ -524,6 +525,7 @@ def test_incremental_run_rescans_only_new_and_changed_files(incremental: Increme
     assert {r["path"] for r in outputs["incremental"].rows} == files_in(incremental.folder)
 
 
+@pytest.mark.slow
 def test_incremental_rows_equal_a_full_scan(incremental: Incremental) -> None:
     """Carried-over rows, probability strings included, are those a fresh scan gives."""
     outputs = incremental.outputs
@@ -536,6 +538,7 @@ def test_incremental_rows_equal_a_full_scan(incremental: Incremental) -> None:
     assert exact_rows(outputs["incremental"]) == exact_rows(outputs["full"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run, what", [("threshold", "threshold"), ("explain", "explain"),
                                        ("model", "model")])
 def test_other_settings_mean_a_full_rescan_said_in_the_log(incremental: Incremental, run: str,
@@ -549,6 +552,7 @@ def test_other_settings_mean_a_full_rescan_said_in_the_log(incremental: Incremen
     assert "incremental:" not in incremental.logs[run]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["corrupt-state", "foreign-state"])
 def test_unusable_state_means_a_full_rescan_with_a_warning(incremental: Incremental, run: str) -> None:
     result = incremental.runs[run]
@@ -616,6 +620,7 @@ def test_garbage_state_files_are_never_trusted(tmp_path: Path, caplog: pytest.Lo
 # --------------------------------------------------------------------------- 6. logs for cron
 
 
+@pytest.mark.slow
 def test_log_file_is_timestamped_and_stdout_is_one_summary_line(incremental: Incremental) -> None:
     run, log_text = incremental.runs["incremental"], incremental.logs["incremental"]
     lines = log_text.splitlines()
@@ -672,6 +677,7 @@ def _scan_measured(cli: Cli, indir: Path, report: Path) -> tuple[int, str, float
     return proc.returncode, err.read_text(), time.perf_counter() - clock, usage.ru_maxrss
 
 
+@pytest.mark.slow
 def test_five_thousand_files_all_accounted_for_in_flat_memory(cli: Cli, tmp_path: Path) -> None:
     results = {}
     for n in (500, 5000):
