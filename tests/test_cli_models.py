@@ -81,6 +81,7 @@ def test_card_image_size_disagreeing_with_the_model(tmp_path: Path, trained_mode
     assert set(written) <= {".triage.lock"}, written
 
 
+@pytest.mark.slow  # a real process, which imports TensorFlow
 def test_device_gpu_without_a_gpu(tmp_path: Path, trained_model: Path) -> None:
     """In a real process where CUDA shows no device: one sentence, usage exit code, no report."""
     out = tmp_path / "out"

@@ -177,6 +177,7 @@ cli.entry_point()
 """
 
 
+@pytest.mark.slow  # a real process, which imports TensorFlow
 def test_sigterm_after_the_outputs_are_written_exits_zero(tmp_path: Path, folder: Path,
                                                          trained_model: Path) -> None:
     """A SIGTERM once the outputs are written, before the command returns or while Python shuts

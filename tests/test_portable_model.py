@@ -43,6 +43,7 @@ def test_preprocess_layer_is_vgg19_preprocess_input() -> None:
     np.testing.assert_array_equal(np.asarray(layer(images)), expected)  # exact: x * 1 + 0s + bias
 
 
+@pytest.mark.slow  # a real process, which imports TensorFlow
 def test_model_has_no_custom_layer_and_loads_with_plain_keras(vgg19_model: Path, trained_model: Path,
                                                              tmp_path: Path) -> None:
     """The real VGG19 graph and the tiny test model alike, in one fresh process."""
@@ -73,6 +74,7 @@ def test_model_has_no_custom_layer_and_loads_with_plain_keras(vgg19_model: Path,
         np.testing.assert_allclose(plain, ours, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # a real process, which imports TensorFlow
 def test_old_model_with_caffe_preprocess_still_loads(trained_model: Path, tmp_path: Path) -> None:
     """An old-style model (CaffePreprocess first) loads in a fresh process through load_classifier."""
     import keras
