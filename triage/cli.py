@@ -277,10 +277,15 @@ def main() -> None:
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=settings.DROPOUT,
               show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=settings.THRESHOLD, show_default=True,
-              help="Decision threshold stored in the model.")
+              help="Decision threshold on the network's raw output, stored in the model with its "
+                   "calibrated value.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Instead of --threshold: a threshold with sensitivity >= S on out-of-fold predictions "
-                   "of the training part (never the validation set).")
+              help="Instead of --threshold: the highest threshold whose sensitivity is >= S with "
+                   "probability >= --confidence, certified (Learn-then-Test) on out-of-fold predictions "
+                   "of the training part, never the validation set; exit 2 when the data cannot.")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=settings.CONFIDENCE, show_default=True,
+              help="With --target-sensitivity: the probability that the sensitivity holds.")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="Also K-fold cross-validate the head on the kept features (copy groups kept whole, "
                    "the threshold rule nested in each fold); metrics go in the card.")
@@ -367,12 +372,14 @@ def training_warnings(card: Any) -> list[str]:
     wanted = card.target_sensitivity
     if wanted is not None and sensitivity is not None and sensitivity[0] < wanted:
         warnings.append(f"validation sensitivity {sensitivity[0]:.3f} falls short of the target {wanted:g}: "
-                        f"the threshold was chosen on the training part, so this is an honest estimate")
+                        f"the threshold was certified on the training part, and this estimate on "
+                        f"{sensitivity[3]} validation tumour images carries its own interval")
     return warnings
 
 
 def _print_training_details(card: Any, out_dir: Path) -> None:
     from triage.labelled.metrics import format_metric
+    from triage.model.summary import calibration_sentence, certified_sentence
 
     click.echo(f"model: {out_dir}")
     click.echo(f"images: {_images_line(card)}")
@@ -383,6 +390,9 @@ def _print_training_details(card: Any, out_dir: Path) -> None:
                    f"({card.copies.method}); {card.copies.validation_with_copy_in_training} validation "
                    f"images with a copy in training")
     click.echo(f"threshold: {card.threshold:.4f} ({card.threshold_rule})")
+    if card.certificate:
+        click.echo(f"certified: {certified_sentence(card)}")
+    click.echo(f"calibration: {calibration_sentence(card)}")
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"  validation {name:<12} {format_metric(card.validation_metrics[name])}")
     if card.validation_metrics_clean:
@@ -451,6 +461,7 @@ def _evaluation_warnings(result: Any) -> list[str]:
 
 
 def _print_evaluation(result: Any) -> None:
+    from triage.labelled.calibration import format_calibration
     from triage.labelled.metrics import format_metric
 
     metrics = result.metrics
@@ -459,6 +470,9 @@ def _print_evaluation(result: Any) -> None:
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"  {name:<12} {format_metric(metrics[name])}")
     click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    click.echo(f"calibration: {result.model.calibration}")
+    for line in format_calibration(result.calibration):
+        click.echo(f"  {line}")
     click.echo(f"written: {result.out_dir}")
 
 

@@ -28,7 +28,8 @@ LEARNING_RATE = 1e-3
 L2 = 0.01
 DROPOUT = 0.35
 DENSE_UNITS = (128, 64)
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # on the network's raw output, as the thesis; the card also holds it calibrated
+CONFIDENCE = 0.9  # of a certified sensitivity (--target-sensitivity S --confidence C)
 POSITIVE_CLASS = "yes"
 BACKBONE_WEIGHTS = "imagenet"
 

@@ -2,7 +2,9 @@
 
 One forward pass per batch gives both the probabilities and the activations
 Grad-CAM needs, so ``evaluate`` and ``scan`` compute a file's probability with
-the very same function.
+the very same function. The forward pass gives the network's raw output;
+:meth:`InferenceModel.calibrate` turns it into the reported probability with
+the model's calibration map (the raw output itself for a model without one).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from triage.engine.forward import ForwardPass
 from triage.engine.gradcam import GradCam
 from triage.errors import ModelError, UsageError
 from triage.hashing import sha256_file
+from triage.model.calibration import CALIBRATION_FILE, CalibrationMap, read_calibration
 from triage.model.card import MODEL_FILE, ModelCard, check_threshold, read_card
 from triage.model.loading import find_model
 from triage.model.network import (
@@ -43,6 +46,7 @@ class InferenceModel:
     summary: ModelSummary
     forward: ForwardPass
     gradcam: GradCam
+    calibration: CalibrationMap | None = None  # None: a model trained before calibration maps
 
     @property
     def image_size(self) -> int:
@@ -59,16 +63,22 @@ class InferenceModel:
         return self.summary.precision
 
     def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
-        """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
+        """One forward pass: (activations at the CAM layer, raw network outputs (N,) as float64)."""
         return self.forward.run(batch)
 
+    def calibrate(self, raw: np.ndarray | float) -> np.ndarray:
+        """Calibrated probabilities of raw outputs, on the threshold's scale (without a map: the raw ones)."""
+        if self.calibration is None:
+            return np.asarray(raw, dtype=np.float64)
+        return self.calibration.apply(raw)
+
     def threshold(self, override: float | None = None) -> float:
-        """The run's decision threshold: ``override`` when given, else the model card's."""
+        """The run's decision threshold (calibrated scale): ``override`` when given, else the model card's."""
         check_threshold(override)
         return self.card.threshold if override is None else override
 
     def probabilities(self, batch: np.ndarray, n: int) -> np.ndarray:
-        """The probabilities of the first ``n`` rows of a (padded) batch."""
+        """The raw network outputs of the first ``n`` rows of a (padded) batch."""
         return self.predict(batch)[1][:n]
 
 
@@ -99,9 +109,29 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
     network = with_precision(network, chosen)
     device_used = "gpu" if on_gpu else "cpu"
-    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used)
+    calibration = _calibration(folder, card)
+    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used,
+                            sha256_file(folder / CALIBRATION_FILE) if calibration else None)
     forward = ForwardPass(network, cam_layer, jit_compile=on_gpu)
     gradcam = GradCam(network, cam_layer)
     log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
              "GPU, XLA" if on_gpu else "CPU", chosen)
-    return InferenceModel(folder, card, summary, forward, gradcam)
+    return InferenceModel(folder, card, summary, forward, gradcam, calibration)
+
+
+def _calibration(folder: Path, card: ModelCard) -> CalibrationMap | None:
+    """The folder's calibration map, which must be there exactly when the card records one (the
+    card's threshold is on its scale).
+
+    Raises:
+        ModelError: the map is missing, unreadable, or not the card's.
+    """
+    calibration = read_calibration(folder)
+    recorded = card.calibration is not None and card.calibration.fitted is not None
+    if recorded and calibration is None:
+        raise ModelError(f"The model card records a calibration map, but {folder / CALIBRATION_FILE} is "
+                         f"missing: the model folder is incomplete.")
+    if calibration is not None and not recorded:
+        raise ModelError(f"{folder / CALIBRATION_FILE} does not belong to this model (its card records no "
+                         f"calibration map): remove it or train the model again.")
+    return calibration

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from triage.model.card import ModelCard
 
+RAW = "probabilities are the network's raw output"
+
 
 @dataclass(frozen=True)
 class ModelSummary:
@@ -25,9 +27,12 @@ class ModelSummary:
     val_specificity: tuple[float, float, float, int] | None
     val_images: int | None = None  # the validation set those two were measured on
     val_split: str = ""  # how that set was split off: grouped or keras
-    threshold_source: str = "default"  # default, fixed or out-of-fold
+    threshold_source: str = "default"  # default, fixed, certified (or out-of-fold, older models)
     device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
     precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
+    certified: str | None = None  # what a certified threshold promises, in one sentence
+    calibration: str = ""  # how probabilities were calibrated, or why they are not, in one sentence
+    calibration_sha256: str | None = None  # of calibration.json; None without one
 
     @property
     def random_backbone(self) -> bool:
@@ -35,7 +40,7 @@ class ModelSummary:
 
 
 def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
-              device: str = "cpu") -> ModelSummary:
+                  device: str = "cpu", calibration_sha256: str | None = None) -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -47,4 +52,33 @@ def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: s
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
         threshold_source=card.threshold_source, precision=precision, device=device,
+        certified=certified_sentence(card), calibration=calibration_sentence(card),
+        calibration_sha256=calibration_sha256,
     )
+
+
+def certified_sentence(card: ModelCard) -> str | None:
+    """``sensitivity ≥ 0.90 with 90% confidence, from 118 tumour images (...)``, or None."""
+    cert = card.certificate
+    if cert is None:
+        return None
+    return (f"sensitivity ≥ {cert.sensitivity:.2f} with {cert.confidence:.0%} confidence, from "
+            f"{cert.tumours} tumour images of the training part ({cert.missed} below the threshold)")
+
+
+def calibration_sentence(card: ModelCard) -> str:
+    """How the model's probabilities are calibrated, or why they are not."""
+    calibration = card.calibration
+    if calibration is None:
+        return f"none: this model was trained before calibration, so {RAW}"
+    if calibration.fitted is None:
+        return f"none: {calibration.note}, so {RAW}"
+    measured = calibration.validation
+    sentence = (f"Platt scaling fitted on {calibration.fitted.fitted_on} out-of-fold predictions of the "
+                f"training part")
+    if measured["before"]["brier"]["value"] is None:
+        return sentence
+    return sentence + (
+        f"; on the {measured['n']} validation images Brier {measured['before']['brier']['value']:.3f} → "
+        f"{measured['after']['brier']['value']:.3f}, ECE {measured['before']['ece']['value']:.3f} → "
+        f"{measured['after']['ece']['value']:.3f} (raw → calibrated)")

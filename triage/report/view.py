@@ -214,6 +214,8 @@ def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
         ("Trained on", model.trained_on or "not recorded"),
         ("Trained at", when(model.trained_at) if model.trained_at else "not recorded"),
         ("Threshold", threshold),
+        *([("Certified", model.certified)] if model.certified else []),
+        ("Calibration", model.calibration or "not recorded"),
         ("Input size", f"{model.image_size} × {model.image_size} px"),
         ("Validation sensitivity", _metric(model.val_sensitivity)),
         ("Validation specificity", _metric(model.val_specificity)),

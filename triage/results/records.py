@@ -35,7 +35,8 @@ class Row:
         sha256: Hex digest of the file's bytes; ``None`` when it was never read.
         status: ``ok`` or one of the error kinds in :data:`STATUSES`.
         reason: Human reason for a non-``ok`` status; empty when ``ok``.
-        probability: Tumour probability in [0, 1]; ``None`` unless ``ok``.
+        probability: Tumour probability in [0, 1], calibrated by the model's map; ``None`` unless ``ok``.
+        raw_probability: The network's own output, before the map (the same for a model without one).
         flagged: ``probability >= threshold``.
         heatmap: Grad-CAM overlay PNG, relative to the report's folder, if one was made.
         original: Display copy of the decoded image (same size as the overlay),
@@ -59,6 +60,7 @@ class Row:
     reason: str = ""
     probability: float | None = None
     flagged: bool = False
+    raw_probability: float | None = None
     heatmap: str | None = None
     original: str | None = None
     width: int | None = None

@@ -10,7 +10,7 @@ from triage.outputs.atomic import atomic_write_text
 from triage.results.records import ScanResult
 
 CSV_COLUMNS = (
-    "path", "sha256", "status", "reason", "probability", "flagged",
+    "path", "sha256", "status", "reason", "probability", "raw_probability", "flagged",
     "heatmap", "width", "height", "format", "model_id",
     "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
 )
@@ -42,7 +42,7 @@ def csv_text(result: ScanResult) -> str:
     for row in result.rows:
         writer.writerow([
             row.path, _cell(row.sha256), row.status, row.reason,
-            _cell(row.probability), _cell(row.flagged) if row.ok else "",
+            _cell(row.probability), _cell(row.raw_probability), _cell(row.flagged) if row.ok else "",
             _cell(row.heatmap), _cell(row.width), _cell(row.height), _cell(row.format),
             result.model.id, _cell(row.case_id), _cell(row.study_uid), _cell(row.series_uid),
             _cell(row.slice_index), _cell(row.copy_of), _cell(row.heatmap_note),

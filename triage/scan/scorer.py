@@ -175,7 +175,7 @@ class CaseScorer:
         self.in_flight: dict[str, InFlight] = {}
 
     def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None]]:
-        """Each row's probability and, when heat maps may be made, its activations."""
+        """Each row's raw network output and, when heat maps may be made, its activations."""
         activations, probabilities = self.model.predict(batch)
         kept = np.asarray(activations) if self.cams is not None else None
         return [(float(p), None if kept is None else kept[row]) for row, p in enumerate(probabilities[:n])]
@@ -223,11 +223,12 @@ class CaseScorer:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
-        probability = outcome.output[0]
+        raw = outcome.output[0]  # the network's output, from either engine
+        probability = float(self.model.calibrate(raw))
         image: ScanImage = outcome.extra
-        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability,
-                          flagged=probability >= self.threshold, width=image.width, height=image.height,
-                          format=image.format, **fields)
+        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability, raw_probability=raw,
+                   flagged=probability >= self.threshold, width=image.width, height=image.height,
+                   format=image.format, **fields)
 
 
 def _slice_cost(job: Job) -> int:

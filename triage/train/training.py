@@ -22,13 +22,17 @@ import numpy as np
 from triage import __version__
 from triage.errors import UsageError
 from triage.hooks import RunHooks
+from triage.labelled.calibration import before_and_after
 from triage.labelled.dataset import LabelledSet, index_labelled, split
 from triage.labelled.metrics import binary_metrics
+from triage.model.calibration import CALIBRATION_FILE, write_calibration
 from triage.model.card import (
     CURVES_FILE,
     MODEL_FILE,
     RANDOM_WARNING,
+    RELIABILITY_FILE,
     Backbone,
+    Calibration,
     ClassCounts,
     ClassNames,
     CrossValidation,
@@ -54,7 +58,7 @@ from triage.train.config import TrainConfig
 from triage.train.features import FeatureCache, Features, cache_key, default_cache_dir, extract_features
 from triage.train.head import fit_head, predict_head
 from triage.train.splits import SplitRows, copies_record, split_rows
-from triage.train.validation import Threshold, choose_threshold, cross_validate, subset
+from triage.train.validation import Threshold, check_targets, cross_validate, decide, subset
 
 log = logging.getLogger(__name__)
 
@@ -131,37 +135,47 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     head, history, metrics = _fit_and_measure(extracted, rows, config, hooks.on_epoch, hooks.should_stop)
     card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
                        metrics, cache)
-    _write_model_folder(out_dir, assemble(extractor, head), card)
+    _write_model_folder(out_dir, assemble(extractor, head), card, metrics.reliability)
     return TrainResult(out_dir, card)
 
 
 @dataclass(frozen=True)
 class Measured:
-    """What training measured: the threshold and the metrics the card reports."""
+    """What training measured: the threshold, the calibration and the metrics the card reports."""
 
     threshold: Threshold
+    calibration: Calibration
     validation: dict[str, Any]
     validation_clean: dict[str, Any] | None
     cross_validation: CrossValidation | None
+    reliability: tuple[np.ndarray, np.ndarray, np.ndarray]  # validation labels, raw, calibrated
 
 
 def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
                      on_epoch: Callable[[int, dict[str, float]], None] | None,
                      should_stop: Callable[[], bool]) -> tuple[Any, dict[str, list[float]], Measured]:
-    """Fit the head on the training rows, choose the threshold there, measure on validation."""
+    """Fit the head on the training rows, decide the map and threshold there, measure on validation."""
     x, y = extracted.vectors, rows.labels
+    check_targets(y, rows.copies, rows.train, config)  # before anything is fitted
     head, history = fit_head(x[rows.train], y[rows.train], config, (x[rows.val], y[rows.val]), on_epoch,
                              should_stop)
-    threshold = choose_threshold(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
-    probability = np.zeros(len(y))
-    probability[rows.val] = predict_head(head, x[rows.val])
+    decision = decide(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
+    raw = np.zeros(len(y))
+    raw[rows.val] = predict_head(head, x[rows.val])
+    probability = decision.calibrate(raw)
 
     def measure(subset_rows: np.ndarray) -> dict[str, Any]:
-        return binary_metrics(y[subset_rows], probability[subset_rows], threshold.value, seed=config.seed)
+        return binary_metrics(y[subset_rows], probability[subset_rows], decision.threshold.value,
+                              seed=config.seed)
 
+    calibration = Calibration(
+        fitted=decision.calibration, raw_threshold=decision.threshold.raw, note=decision.note,
+        file=CALIBRATION_FILE if decision.calibration else None,
+        validation=before_and_after(y[rows.val], raw[rows.val], probability[rows.val], seed=config.seed))
     clean = measure(rows.val_without_copy) if config.split == "keras" else None
     folds = cross_validate(x, y, rows.copies, config) if config.folds else None
-    return head, history, Measured(threshold, measure(rows.val), clean, folds)
+    return head, history, Measured(decision.threshold, calibration, measure(rows.val), clean, folds,
+                                   (y[rows.val], raw[rows.val], probability[rows.val]))
 
 
 def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
@@ -181,6 +195,8 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         threshold_rule=measured.threshold.rule,
         threshold_source=measured.threshold.source,
         target_sensitivity=config.target_sensitivity,
+        certificate=measured.threshold.certificate,
+        calibration=measured.calibration,
         data=_training_data(labelled, extracted, rows),
         split=Split(method=config.split, val_split=config.val_split, seed=config.seed,
                     train=_class_counts(rows.labels[rows.train]),
@@ -219,15 +235,23 @@ def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) 
     )
 
 
-def _write_model_folder(out_dir: Path, model: Any, card: ModelCard) -> None:
-    """model.keras, training curves and the card into a temporary folder, renamed into place."""
-    from triage.report.charts import training_curves
+def _write_model_folder(out_dir: Path, model: Any, card: ModelCard,
+                        reliability: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """model.keras, its calibration map, the curves, the reliability diagram and the card into a
+    temporary folder, renamed into place."""
+    from triage.report.charts import reliability_diagram, training_curves
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save(staging / MODEL_FILE)
+        if card.calibration and card.calibration.fitted:
+            write_calibration(card.calibration.fitted, staging)
         training_curves(card.history, staging / CURVES_FILE, title=out_dir.name)
+        if card.calibration:
+            reliability_diagram(*reliability, staging / RELIABILITY_FILE,
+                                measured=card.calibration.validation,
+                                title=f"Calibration on the validation set ({out_dir.name})")
         write_card(card, staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked before training
