@@ -106,3 +106,10 @@ def test_train_refuses_a_target_the_tumours_cannot_certify_and_writes_nothing(
     assert "at least 198 more tumour images" in result.output and "(--target-sensitivity)" in result.output
     assert not out.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_confidence_without_a_target_sensitivity_is_refused(tmp_path: Path, blob_dataset: Path) -> None:
+    result = CliRunner().invoke(main, ["train", str(blob_dataset), "--out", str(tmp_path / "m"),
+                                       "--confidence", "0.95", "--quiet"])
+    assert result.exit_code == EXIT_USAGE
+    assert "(--target-sensitivity)" in result.output and not (tmp_path / "m").exists()

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from triage import RESEARCH_NOTICE, __version__, settings
-from triage.errors import LockHeld, ModelError, OutputError, Stopped, TriageError
+from triage.errors import LockHeld, ModelError, OutputError, Stopped, TriageError, UsageError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -306,15 +306,21 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
     """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
 
     The frozen backbone runs once per image (features are cached); the head
-    trains on the kept features; the whole network is saved with a model card
-    and training curves.
+    trains on the kept features; a calibration map is fitted on out-of-fold
+    predictions; the whole network is saved with its map, a model card, training
+    curves and a reliability diagram.
 
     \b
-    Example:
+    Examples:
       triage train ../brain_tumor_dataset --epochs 30
+      triage train ../brain_tumor_dataset --target-sensitivity 0.9 --confidence 0.9
     """
     run = CommandRun(quiet, log_file, verbose, data_dir, desc="features")
     from triage.train.training import TrainConfig, train_model
+
+    if config["target_sensitivity"] is None and _given("confidence"):
+        raise UsageError("A confidence is the probability that a target sensitivity holds: give one.",
+                         option="target_sensitivity")
 
     log.info("train %s", data_dir)
     try:
@@ -329,6 +335,13 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
         _print_training_details(card, result.out_dir)
     run.summary(_training_summary(data_dir, result.out_dir, card, run.seconds()))
     return EXIT_OK
+
+
+def _given(name: str) -> bool:
+    """Whether the option ``name`` of the running command was given on the command line."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
 
 
 def _epoch_printer(run: CommandRun, epochs: int) -> Callable[[int, dict[str, float]], None]:
@@ -477,6 +490,7 @@ def _print_evaluation(result: Any) -> None:
 
 
 def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
+    from triage.labelled.calibration import calibration_summary
     from triage.labelled.metrics import metric_summary
 
     metrics = result.metrics
@@ -484,6 +498,7 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
     return (f"triage evaluate {data_dir}: model {result.model.id}, {metrics['n']} images, "
             f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
             f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
+            f"calibration {calibration_summary(result.calibration)}; "
             f"threshold {result.threshold:.3f}; precision {result.precision}; "
             f"{seconds:.1f} s -> {result.out_dir}")
 
