@@ -391,6 +391,7 @@ def training_warnings(card: Any) -> list[str]:
 
 
 def _print_training_details(card: Any, out_dir: Path) -> None:
+    from triage.labelled.calibration import calibration_summary
     from triage.labelled.metrics import format_metric
     from triage.model.summary import calibration_sentence, certified_sentence
 
@@ -417,6 +418,9 @@ def _print_training_details(card: Any, out_dir: Path) -> None:
         folds = card.cross_validation.folds
         click.echo(f"  {folds}-fold accuracy   {format_metric(cv['accuracy'])}")
         click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
+        if card.cross_validation.calibration:
+            measured = calibration_summary(card.cross_validation.calibration)
+            click.echo(f"  {folds}-fold calibration (raw -> calibrated) {measured}")
 
 
 @main.command(epilog=EXIT_CODES_HELP)

@@ -107,7 +107,7 @@ def reliability_diagram(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndar
     top.set_ylim(0, 1)
     top.set_ylabel("share of tumour images in the bin")
     top.set_title(title or "Reliability diagram")
-    top.legend(loc="upper left", fontsize=8)
+    top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3)
     bottom.set_xlabel(f"mean probability in the bin ({bins} bins, n={len(y_true)})")
     bottom.set_ylabel("images")
