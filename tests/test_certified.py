@@ -94,6 +94,7 @@ def test_the_certified_bound_holds_in_at_least_c_of_many_draws(target: float, co
     assert point_held / draws < confidence - tolerance  # the test can tell a point estimate
 
 
+@pytest.mark.slow
 def test_train_refuses_a_target_the_tumours_cannot_certify_and_writes_nothing(
         tmp_path: Path, blob_dataset: Path) -> None:
     out = tmp_path / "model"
