@@ -311,7 +311,7 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
     curves and a reliability diagram.
 
     \b
-    Examples:
+    Example:
       triage train ../brain_tumor_dataset --epochs 30
       triage train ../brain_tumor_dataset --target-sensitivity 0.9 --confidence 0.9
     """
@@ -370,8 +370,16 @@ def _training_summary(data_dir: Path, out_dir: Path, card: Any, seconds: float) 
     copies = card.copies.groups if card.copies else 0
     return (f"triage train {data_dir}: model {out_dir}, {_images_line(card)}, {copies} copy groups; "
             f"validation {metric_summary(card.validation_metrics)}; threshold {card.threshold:.3f} "
-            f"({card.threshold_source}); "
+            f"({card.threshold_source}{_raw_threshold(card)}); "
             f"precision {card.features.precision if card.features else 'fp32'}; {seconds:.1f} s")
+
+
+def _raw_threshold(card: Any) -> str:
+    """``; 0.500 on the raw output`` when the card's threshold went through a calibration map."""
+    calibration = card.calibration
+    if calibration is None or calibration.fitted is None:
+        return ""
+    return f"; {calibration.raw_threshold:.3f} on the raw output"
 
 
 def training_warnings(card: Any) -> list[str]:
