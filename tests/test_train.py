@@ -129,12 +129,13 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
     """Weights, image size, preprocessing, decoder, library versions, precision, device: each one
     changed gives another cache, which does not hold what the first one holds."""
     import triage.train.features as features
+    from triage.model.familiarity import STATISTICS
     from triage.model.network import resolve_backbone_weights
 
     weights = resolve_backbone_weights("random", 1337)
     base = features.cache_key(weights, IMAGE_SIZE)
     first = features.FeatureCache(tmp_path, base)
-    first.put("a" * 64, np.ones(512), "f" * 64)
+    first.put("a" * 64, np.ones(512), np.zeros(len(STATISTICS)), "f" * 64)
     first.save()
     assert features.FeatureCache(tmp_path, base).get("a" * 64) is not None
     variants = {
