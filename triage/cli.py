@@ -459,7 +459,17 @@ def _print_evaluation(result: Any) -> None:
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"  {name:<12} {format_metric(metrics[name])}")
     click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    if result.unfamiliar is not None:
+        click.echo(f"  unfamiliar   {format_metric(result.unfamiliar)}  (share called unlike the "
+                   f"model's training images)")
     click.echo(f"written: {result.out_dir}")
+
+
+def _unfamiliar_share(share: dict[str, Any] | None) -> str:
+    if share is None:
+        return "no familiarity check; "
+    return (f"unfamiliar {share['value']:.3f} [{share['ci_low']:.3f}, {share['ci_high']:.3f}] "
+            f"of {share['n']}; ")
 
 
 def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
@@ -470,6 +480,7 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
     return (f"triage evaluate {data_dir}: model {result.model.id}, {metrics['n']} images, "
             f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
             f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
+            f"{_unfamiliar_share(result.unfamiliar)}"
             f"threshold {result.threshold:.3f}; precision {result.precision}; "
             f"{seconds:.1f} s -> {result.out_dir}")
 
@@ -502,6 +513,9 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
               help="Model actors of the ray engine.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
               help="GPUs each model actor reserves (may be fractional, e.g. 0.5).")
+@click.option("--no-familiarity", "familiarity", is_flag=True, flag_value=False, default=True,
+              help="Do not check whether images are like the model's training images (no "
+                   "ood_distance, nothing marked unfamiliar).")
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
@@ -534,6 +548,9 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
     run.summary(_scan_summary(input_dir, result, paths.pdf or paths.html))
     if result.model.random_backbone:  # warnings: stderr unless --quiet; always the log file
         log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
+    if result.model.familiarity == "none":
+        log.warning("the model has no familiarity index: images unlike its training images are not marked "
+                    "unfamiliar; train it again with this version of triage to get one.")
     if result.failed:
         log.warning("%d files could not be read: the CSV says which and why", result.failed)
     if not quiet:
@@ -560,10 +577,13 @@ def _scan_summary(input_dir: Path, result: Any, report: Path) -> str:
     studies = (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
                if counts["studies"] else "")
     not_scanned = f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else ""
+    review = (f"; {counts['cases_need_review']} need review ({counts['cases_flagged']} flagged, "
+              f"{counts['cases_unfamiliar']} unfamiliar)" if result.model.familiarity == "checked"
+              else f"; familiarity {result.model.familiarity}")
     return (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
             f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
             f"{counts['failed']} failed, {counts['skipped']} skipped{not_scanned}"
-            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}"
+            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}{review}"
             f"; threshold {result.threshold:.3f}; precision {result.model.precision}"
             f"; {result.seconds:.1f} s -> {report}")
 

@@ -28,6 +28,8 @@ class ModelSummary:
     threshold_source: str = "default"  # default, fixed or out-of-fold
     device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
     precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
+    familiarity: str = "none"  # "checked", "off" (--no-familiarity) or "none" (a model without an index)
+    val_unfamiliar: tuple[float, float, float, int] | None = None  # validation images called unfamiliar
 
     @property
     def random_backbone(self) -> bool:
@@ -35,7 +37,7 @@ class ModelSummary:
 
 
 def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
-              device: str = "cpu") -> ModelSummary:
+                  device: str = "cpu", familiarity: str = "none") -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -47,4 +49,12 @@ def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: s
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
         threshold_source=card.threshold_source, precision=precision, device=device,
+        familiarity=familiarity, val_unfamiliar=_proportion(card.familiarity.validation)
+        if card.familiarity and card.familiarity.validation else None,
     )
+
+
+def _proportion(found: dict) -> tuple[float, float, float, int] | None:
+    if found.get("value") is None:
+        return None
+    return (found["value"], found["ci_low"], found["ci_high"], found["n"])

@@ -19,7 +19,7 @@ from typing import Any
 
 from triage.outputs.atomic import atomic_write_bytes
 from triage.report.html import render_html
-from triage.report.view import Figures, shown_cases
+from triage.report.view import Figures, shown_cases, shown_unfamiliar
 from triage.results.records import ScanResult
 
 # Embedded PDF images: longest side in pixels, first JPEG quality, and the byte budget one
@@ -54,6 +54,8 @@ def write_pdf(result: ScanResult, path: str | os.PathLike[str], *, max_cases: in
     folder = Path(path).resolve().parent
     wanted = [rel for case in shown_cases(result, max_cases) for row in case.top
               for rel in (row.original, row.heatmap) if rel]
+    wanted += [case.top[0].original for case in shown_unfamiliar(result, max_cases)
+               if case.top and case.top[0].original]
     images = _embed_images(folder, wanted)
     html = render_html(result, for_pdf=True, max_cases=max_cases, image_src=images.get, figures=figures)
     fetcher = _restricted_url_fetcher(folder)

@@ -51,6 +51,9 @@ class Row:
             for a row that stands for a whole file that was not scored.
         copy_of: The first path (in path order) of another file with the same bytes.
         heatmap_note: Why a row that asked for a heat map has none.
+        ood_distance: How unlike the training images the image is (:mod:`triage.model.familiarity`);
+            above 1 it is unfamiliar. None when not scored or when no familiarity check ran.
+        unfamiliar: ``ood_distance > 1``: its score is not to be trusted; None as ``ood_distance``.
     """
 
     path: str
@@ -73,6 +76,8 @@ class Row:
     slice_index: int | None = None
     copy_of: str | None = None
     heatmap_note: str | None = None
+    ood_distance: float | None = None
+    unfamiliar: bool | None = None
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -107,6 +112,8 @@ class CaseSummary:
         copies: First paths of later cases with the same bytes, shown on this case's card.
         copy_of: The case whose card shows this one (same bytes), if any.
         new: Some row was scored in this run.
+        unfamiliar: Most of its scored slices are unfamiliar (a loose image: it is); None when no
+            familiarity check ran. Its score is not to be trusted, whatever it is.
     """
 
     case_id: str
@@ -131,6 +138,17 @@ class CaseSummary:
     copies: tuple[str, ...] = ()
     copy_of: str | None = None
     new: bool = True
+    unfamiliar: bool | None = None
+
+    @property
+    def ood_distance(self) -> float:
+        """The largest ``ood_distance`` of its shown slices (0 when none was measured)."""
+        return max((row.ood_distance or 0.0 for row in self.top), default=0.0)
+
+    @property
+    def needs_review(self) -> bool:
+        """Flagged, or unfamiliar: never reported as clear."""
+        return self.flagged or bool(self.unfamiliar)
 
 
 @dataclass(frozen=True)
@@ -148,7 +166,8 @@ def image_summaries(rows: tuple[Row, ...], threshold: float) -> tuple[CaseSummar
     return tuple(
         CaseSummary(case_id=row.path, kind="image", n_images=1, n_scored=1, score=row.probability,
                     flagged=row.probability is not None and row.probability >= threshold, aggregate="max",
-                    first_path=row.path, top_path=row.path, top=(row,), new=row.new)
+                    first_path=row.path, top_path=row.path, top=(row,), new=row.new,
+                    unfamiliar=row.unfamiliar)
         for row in rows if row.ok)
 
 
@@ -217,6 +236,12 @@ class ScanResult:
         return tuple(sorted(hits, key=lambda s: (-(s.score or 0.0), s.first_path, s.case_id)))
 
     @property
+    def unfamiliar_cases(self) -> tuple[CaseSummary, ...]:
+        """Unfamiliar cases that are not flagged (those are shown with the flagged), most unlike first."""
+        hits = [s for s in self.cases if s.unfamiliar and not s.flagged]
+        return tuple(sorted(hits, key=lambda s: (-s.ood_distance, s.first_path, s.case_id)))
+
+    @property
     def failures(self) -> tuple[Row, ...]:
         return tuple(c for c in self.rows if c.failed)
 
@@ -233,6 +258,9 @@ class ScanResult:
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
             "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
+            "unfamiliar": sum(bool(row.unfamiliar) for row in self.rows),
             "cases": len(self.cases), "cases_flagged": len(self.flagged_cases),
+            "cases_unfamiliar": len(self.unfamiliar_cases),
+            "cases_need_review": sum(case.needs_review for case in self.cases),
             "studies": len(self.studies), "studies_flagged": sum(s.flagged for s in self.studies),
         }

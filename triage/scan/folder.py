@@ -43,6 +43,7 @@ class ScanOptions:
     top_k: int = settings.TOP_K  # slices in a topk score, and slices of a flagged case that get heat maps
     modalities: tuple[str, ...] = settings.MODALITIES  # DICOM modalities that are scored
     engine: str = settings.ENGINES[0]  # local: this process; ray: Ray Data (see ray)
+    familiarity: bool = True  # mark images unlike the training images (when the model has an index)
     ray: RaySettings = RaySettings()  # where and how wide the ray engine runs
 
     def validate(self) -> None:

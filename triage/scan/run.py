@@ -198,9 +198,10 @@ def _load(folder: Path, options: ScanOptions, ray: Any) -> InferenceModel:
     (leaving the GPUs to the actors) and records what the actors run.
     """
     if ray is None:
-        return load_for_inference(folder, options.device, options.cam_layer, options.precision)
+        return load_for_inference(folder, options.device, options.cam_layer, options.precision,
+                                  options.familiarity)
     device, precision = ray.resolve(options.device, options.precision)
-    loaded = load_for_inference(folder, "cpu", options.cam_layer, "fp32")
+    loaded = load_for_inference(folder, "cpu", options.cam_layer, "fp32", options.familiarity)
     return dataclasses.replace(loaded, summary=dataclasses.replace(loaded.summary, device=device,
                                                                    precision=precision))
 

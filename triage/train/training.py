@@ -23,7 +23,7 @@ from triage import __version__
 from triage.errors import UsageError
 from triage.hooks import RunHooks
 from triage.labelled.dataset import LabelledSet, index_labelled, split
-from triage.labelled.metrics import binary_metrics
+from triage.labelled.metrics import binary_metrics, wilson
 from triage.model.card import (
     CURVES_FILE,
     MODEL_FILE,
@@ -32,6 +32,7 @@ from triage.model.card import (
     ClassCounts,
     ClassNames,
     CrossValidation,
+    FamiliarityCheck,
     FeatureStats,
     Hyperparameters,
     ModelCard,
@@ -42,6 +43,7 @@ from triage.model.card import (
     models_root,
     write_card,
 )
+from triage.model.familiarity import FAMILIARITY_FILE, METHOD, Familiarity
 from triage.model.network import (
     CAM_LAYER,
     BackboneWeights,
@@ -129,10 +131,27 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
     rows = split_rows(labelled, extracted, config.split, config.val_split, config.seed)
     head, history, metrics = _fit_and_measure(extracted, rows, config, hooks.on_epoch, hooks.should_stop)
+    familiarity, index_bytes = _familiarity(extracted, rows)
     card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
-                       metrics, cache)
-    _write_model_folder(out_dir, assemble(extractor, head), card)
+                       metrics, cache, familiarity)
+    _write_model_folder(out_dir, assemble(extractor, head), card, index_bytes)
     return TrainResult(out_dir, card)
+
+
+def _familiarity(extracted: Features, rows: SplitRows) -> tuple[FamiliarityCheck, bytes]:
+    """The familiarity index of the training part, and how many validation images it calls unfamiliar."""
+    x, stats = extracted.vectors, extracted.statistics
+    groups = np.asarray(rows.copies.group_of)
+    index = Familiarity.fit(x[rows.train], stats[rows.train], groups[rows.train])
+    unfamiliar = int((index.distances(x[rows.val], stats[rows.val]) > 1).sum()) if len(rows.val) else 0
+    data = index.to_bytes()
+    record = FamiliarityCheck(
+        method=METHOD, neighbours=index.neighbours, quantile=index.quantile,
+        feature_threshold=index.feature_threshold, statistics_threshold=index.statistics_threshold,
+        combined_threshold=index.combined_threshold, n_images=index.n_images, n_entries=len(index.entries),
+        file=FAMILIARITY_FILE, sha256=hashlib.sha256(data).hexdigest(),
+        validation=wilson(unfamiliar, len(rows.val)))
+    return record, data
 
 
 @dataclass(frozen=True)
@@ -167,7 +186,7 @@ def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
 def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
                 labelled: LabelledSet, extracted: Features, rows: SplitRows,
                 history: dict[str, list[float]], measured: Measured,
-                cache: FeatureCache | None) -> ModelCard:
+                cache: FeatureCache | None, familiarity: FamiliarityCheck) -> ModelCard:
     return ModelCard(
         model_id=model_id,
         tool_version=__version__,
@@ -201,6 +220,7 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
                               from_cache=extracted.from_cache,
                               cache=str(cache.path) if cache else None, precision=config.precision),
+        familiarity=familiarity,
     )
 
 
@@ -219,14 +239,16 @@ def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) 
     )
 
 
-def _write_model_folder(out_dir: Path, model: Any, card: ModelCard) -> None:
-    """model.keras, training curves and the card into a temporary folder, renamed into place."""
+def _write_model_folder(out_dir: Path, model: Any, card: ModelCard, familiarity: bytes) -> None:
+    """model.keras, the familiarity index, training curves and the card into a temporary folder,
+    renamed into place."""
     from triage.report.charts import training_curves
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save(staging / MODEL_FILE)
+        (staging / FAMILIARITY_FILE).write_bytes(familiarity)
         training_curves(card.history, staging / CURVES_FILE, title=out_dir.name)
         write_card(card, staging)
         if out_dir.exists():
