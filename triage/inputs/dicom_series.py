@@ -43,6 +43,19 @@ _ORTHOGONAL_COS = 0.5
 
 
 @dataclass(frozen=True)
+class StudyFacts:
+    """How a lab finds a study: its date (YYYYMMDD), description, accession number and patient ID.
+
+    Each is empty where the source has none.
+    """
+
+    date: str = ""
+    description: str = ""
+    accession: str = ""
+    patient_id: str = ""
+
+
+@dataclass(frozen=True)
 class DicomImage:
     """One image (a file, or a frame of one) as its header describes it."""
 
@@ -58,6 +71,7 @@ class DicomImage:
     position: tuple[float, float, float] | None
     instance: int | None
     window: tuple[float, float] | None  # the stored window (lo, hi) of a grayscale image
+    study: StudyFacts = StudyFacts()
 
 
 @dataclass(frozen=True)
@@ -167,7 +181,14 @@ def _image(found: FoundFile, frame: int | None, view: FrameView) -> DicomImage:
         position=_floats(view.get("ImagePositionPatient"), 3),
         instance=_int(view.get("InstanceNumber")),
         window=stored_window(view),
+        study=study_facts(view.ds),
     )
+
+
+def study_facts(ds: pydicom.Dataset) -> StudyFacts:
+    """The study's date, description, accession number and patient ID from a header."""
+    return StudyFacts(*(str(ds.get(keyword) or "").strip() for keyword in
+                        ("StudyDate", "StudyDescription", "AccessionNumber", "PatientID")))
 
 
 def stored_window(view: pydicom.Dataset | FrameView) -> tuple[float, float] | None:

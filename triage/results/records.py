@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from triage.inputs.dicom_series import StudyFacts
 from triage.model.summary import ModelSummary
+from triage.results.dicom import DicomExport
 
 # CSV statuses. `ok` rows carry a probability; every other status has a reason.
 OK = "ok"
@@ -107,6 +109,7 @@ class CaseSummary:
         copies: First paths of later cases with the same bytes, shown on this case's card.
         copy_of: The case whose card shows this one (same bytes), if any.
         new: Some row was scored in this run.
+        study: Its study's date, description, accession number and patient ID (DICOM only).
     """
 
     case_id: str
@@ -131,16 +134,18 @@ class CaseSummary:
     copies: tuple[str, ...] = ()
     copy_of: str | None = None
     new: bool = True
+    study: StudyFacts = StudyFacts()
 
 
 @dataclass(frozen=True)
 class StudySummary:
-    """A DICOM study's line: the highest score of its non-localizer cases."""
+    """A DICOM study's line: the highest score of its non-localizer cases, and how a lab finds it."""
 
     study_uid: str
     score: float | None
     flagged: bool
     case_ids: tuple[str, ...]
+    facts: StudyFacts = StudyFacts()
 
 
 def image_summaries(rows: tuple[Row, ...], threshold: float) -> tuple[CaseSummary, ...]:
@@ -176,6 +181,7 @@ class ScanResult:
     studies: tuple[StudySummary, ...] = ()
     aggregate: str = "max"
     top_k: int = 3
+    dicom: DicomExport | None = None  # what --dicom-out wrote and sent, once it has
 
     def __post_init__(self) -> None:
         if not self.cases:
