@@ -22,11 +22,14 @@ from triage.results.records import CaseSummary, Row, ScanResult
 
 MIN_WIDTH = 768  # pixels across the two pictures: small slices are enlarged so the text stays readable
 _GAP = 8
+RANDOM_LINE = "RANDOM BACKBONE - TEST MODEL, ITS SCORES MEAN NOTHING"
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def side_by_side(report_dir: Path, row: Row, caption: str) -> np.ndarray:
+def side_by_side(report_dir: Path, row: Row, caption: str, random_backbone: bool = False) -> np.ndarray:
     """RGB ``uint8``: a band with the notice and ``caption`` above the slice and its overlay.
+
+    A model with a random backbone (tests only) says so in a third line.
 
     Raises:
         OSError: the display copy or the overlay cannot be read.
@@ -43,7 +46,8 @@ def side_by_side(report_dir: Path, row: Row, caption: str) -> np.ndarray:
     row_of_pictures = np.zeros((height, sum(p.shape[1] for p in pictures) + gap, 3), np.uint8)
     row_of_pictures[:pictures[0].shape[0], :pictures[0].shape[1]] = pictures[0]
     row_of_pictures[:pictures[1].shape[0], pictures[0].shape[1] + gap:] = pictures[1]
-    return np.vstack([_band(row_of_pictures.shape[1], [identity.BURNED_IN_NOTICE, caption]), row_of_pictures])
+    lines = [identity.BURNED_IN_NOTICE, caption] + ([RANDOM_LINE] if random_backbone else [])
+    return np.vstack([_band(row_of_pictures.shape[1], lines), row_of_pictures])
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -83,6 +87,7 @@ def overlay_capture(case: CaseSummary, row: Row, rank: int, pixels: np.ndarray, 
         contributing_equipment=[identity.equipment(model, version)])
     image.ConversionType = "WSD"  # made on a workstation, not captured from a device
     image.BurnedInAnnotation = "YES"
+    image.Laterality = ""  # type 2C: a brain is no paired structure, and the source says none
     image.ImageComments = f"Grad-CAM overlay of slice {row.slice_index}, probability {row.probability:.3f}"
     image.SourceImageSequence = [_source_image(slice_header)]
     image.DerivationDescription = "Grad-CAM heat map of the tumour score, blended over the slice"

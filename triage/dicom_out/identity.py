@@ -44,7 +44,6 @@ def equipment(model: ModelSummary, version: str) -> hd.ContributingEquipment:
         contribution_datetime=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
         contribution_description=(f"Brain MRI tumour triage by triage {version}, model {model.id} "
                                   f"(sha256 {model.sha256}). {RESEARCH_NOTICE}"))
-    item.DeviceUID = device_uid(model)
     return item
 
 

@@ -11,6 +11,7 @@ listed as evidence, and the SR joins the source study.
 from __future__ import annotations
 
 import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage
@@ -49,7 +50,9 @@ def verdict_sr(case: CaseSummary, source: Source, result: ScanResult, version: s
         sop_instance_uid=derived_uid("sr", model.sha256, uids), instance_number=1,
         manufacturer=identity.MANUFACTURER, series_description=identity.series_description(
             "sr", str(first.get("SeriesDescription") or "")),
-        contributing_equipment=[identity.equipment(model, version)])
+        contributing_equipment=[identity.equipment(model, version)],
+        coding_schemes=[CodingSchemeIdentificationItem(
+            designator=SCHEME, name="triage codes", responsible_organization=identity.MANUFACTURER)])
 
 
 def _group(case: CaseSummary, source: Source,

@@ -110,7 +110,7 @@ def _case_objects(case: CaseSummary, source: Source, result: ScanResult, report_
     for rank, row in enumerate(shown, start=1):
         caption = (f"{result.model.id[:40]}  p={row.probability:.3f}  slice {row.slice_index}"
                    f"  rank {rank} of {len(shown)}")
-        pixels = side_by_side(report_dir, row, caption)
+        pixels = side_by_side(report_dir, row, caption, random_backbone=result.model.random_backbone)
         made.append(("overlay", overlay_capture(case, row, rank, pixels, source, result, version)))
     return made
 

@@ -52,6 +52,7 @@ class DicomExport:
         not_scored: DICOM cases not scored (another modality, unreadable, interrupted): no object.
         failures: (case or study, reason) of objects that could not be made from their source.
         peer: ``AET@HOST:PORT`` sent to in this run; None when nothing was sent.
+        attempted: SOP Instance UIDs of the objects this run tried to send.
     """
 
     folder: str
@@ -61,6 +62,7 @@ class DicomExport:
     not_scored: int = 0
     failures: tuple[tuple[str, str], ...] = ()
     peer: str | None = None
+    attempted: frozenset[str] = frozenset()
 
     @property
     def written(self) -> tuple[DicomObject, ...]:
@@ -68,11 +70,17 @@ class DicomExport:
 
     @property
     def unsent(self) -> tuple[DicomObject, ...]:
-        """Objects a send of this run tried and did not store."""
-        return tuple(obj for obj in self.objects if obj.sent not in (None, SENT))
+        """Objects this run tried to send and did not store."""
+        return tuple(obj for obj in self.tried if obj.sent != SENT)
+
+    @property
+    def tried(self) -> tuple[DicomObject, ...]:
+        """Objects this run tried to send."""
+        return tuple(obj for obj in self.objects if obj.sop_instance_uid in self.attempted)
 
     def counts(self) -> dict[str, int]:
-        by_outcome = {outcome: sum(obj.sent == outcome for obj in self.objects) for outcome in SEND_OUTCOMES}
+        """The objects, cases and failures; and how sending went for the objects this run tried."""
+        by_outcome = {outcome: sum(obj.sent == outcome for obj in self.tried) for outcome in SEND_OUTCOMES}
         return {"objects": len(self.objects), "written": len(self.written), "cases": self.cases,
                 "no_study": self.no_study, "not_scored": self.not_scored, "failures": len(self.failures),
                 **by_outcome}

@@ -61,7 +61,6 @@ class OutputPaths:
     def locks(self) -> list[Path]:
         """One lock per folder the run writes in, in a fixed order (so two runs never deadlock)."""
         folders = {self.lock.parent.resolve(), self.csv.parent.resolve()}
-        folders |= {self.dicom.resolve()} if self.dicom else set()
         return sorted(folder / self.lock.name for folder in folders)
 
     def written(self) -> list[tuple[str, str, Path]]:
@@ -124,7 +123,8 @@ def dicom_facts(export: DicomExport) -> dict[str, Any]:
             "objects": [{"kind": obj.kind, "case": obj.case_id, "study_uid": obj.study_uid,
                          "sop_class_uid": obj.sop_class_uid, "sop_instance_uid": obj.sop_instance_uid,
                          "file": obj.file, "written_this_run": obj.written, "sent": obj.sent,
-                         "detail": obj.detail} for obj in export.objects],
+                         "sent_this_run": obj.sop_instance_uid in export.attempted, "detail": obj.detail}
+                        for obj in export.objects],
             "failures": [{"case": case, "reason": reason} for case, reason in export.failures]}
 
 
@@ -351,7 +351,8 @@ def send_dicom(result: ScanResult, paths: OutputPaths, peer: Peer,
     queue = [obj for obj in export.objects if obj.sent != SENT]
     outcomes = {obj.sop_instance_uid: obj for obj in send_objects(queue, paths.dicom, peer, should_stop)}
     objects = tuple(outcomes.get(obj.sop_instance_uid, obj) for obj in export.objects)
-    result = dataclasses.replace(result, dicom=dataclasses.replace(export, objects=objects, peer=str(peer)))
+    result = dataclasses.replace(result, dicom=dataclasses.replace(
+        export, objects=objects, peer=str(peer), attempted=frozenset(outcomes)))
     for obj in outcomes.values():
         log.info("DICOM %s %s -> %s: %s %s", obj.kind, obj.file, peer, obj.sent, obj.detail)
     _write_dicom_records(result, paths)
