@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -15,13 +16,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pypdf import PdfReader
 from test_cases import write_series
 
 from conftest import blob_image
-from triage.cli import EXIT_OK, main
+from triage.cli import EXIT_NOT_SENT, EXIT_OK, EXIT_USAGE, main
+from triage.dicom_out.options import Peer
 from triage.dicom_out.sr import FLAGGED, SCORE, THRESHOLD
+from triage.dicom_out.uids import derived_uid
+from triage.errors import UsageError
 from triage.results.tables import read_csv
 
 STUDY = {"AccessionNumber": "ACC-2041", "StudyDescription": "MR BRAIN W/O", "PatientID": "LAB-0007",
@@ -203,3 +207,147 @@ def test_studies_are_named_the_way_a_lab_finds_them(exported) -> None:
     html = (base / "report.html").read_text()
     for text in ("2024-03-05", STUDY["StudyDescription"], STUDY["AccessionNumber"], STUDY["PatientID"]):
         assert text in html.replace("&#34;", '"')
+
+
+class Archive:
+    """pynetdicom's storage SCP on 127.0.0.1 in a thread: keeps what it stores, refuses one SOP class."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        from pynetdicom import AE, evt
+
+        self.received: list[pydicom.Dataset] = []
+        self.refuse = refuse
+        ae = AE(ae_title="ARCHIVE")
+        for uid in SOP_CLASSES:
+            ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def _store(self, event: object) -> int:
+        dataset = event.dataset  # type: ignore[attr-defined]
+        if dataset.SOPClassUID == self.refuse:
+            return 0xA700  # out of resources
+        self.received.append(dataset)
+        return 0x0000
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+
+
+def closed_address() -> str:
+    """127.0.0.1 and a port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_a_down_archive_loses_nothing_and_the_next_run_sends_it_all(
+        folder: Path, trained_model: Path, threshold: float, tmp_path: Path) -> None:
+    out, dicom, log = tmp_path / "report.pdf", tmp_path / "dicom", tmp_path / "triage.log"
+    common = ["--threshold", str(threshold), "--dicom-out", str(dicom), "--called-ae", "ARCHIVE", "--quiet",
+              "--log-file", str(log)]
+    down, result = scan(folder, out, trained_model, *common, "--send", closed_address(), code=EXIT_NOT_SENT)
+    assert result.stdout.count("\n") == 1 and "0 stored" in result.stdout
+    assert [line for line in result.stderr.splitlines() if line] == [result.stderr.strip()]  # one error line
+    assert "were not sent" in result.stderr and "the next run sends them" in result.stderr
+    assert {obj["sent"] for obj in objects(down)} == {"unreachable"}
+    assert all((dicom / obj["file"]).is_file() for obj in objects(down))
+    assert (tmp_path / "report_cases.csv").is_file() and (tmp_path / "report.pdf").is_file()
+
+    with Archive() as archive:
+        up, result = scan(folder, out, trained_model, *common, "--send", archive.address)
+        assert result.stderr == ""
+        assert sorted(ds.SOPInstanceUID for ds in archive.received) == sorted(
+            obj["sop_instance_uid"] for obj in objects(down))
+        assert all(obj["sent"] == "sent" and obj["sent_this_run"] and not obj["written_this_run"]
+                   for obj in objects(up))  # carried over: sent from the files the first run wrote
+        stored = {ds.SOPInstanceUID: ds for ds in archive.received}
+        for obj in objects(up):
+            assert stored[obj["sop_instance_uid"]].StudyInstanceUID == obj["study_uid"]
+
+        again, result = scan(folder, out, trained_model, *common, "--send", archive.address)
+        assert len(archive.received) == len(objects(down))  # nothing new: nothing sent
+        assert not any(obj["sent_this_run"] for obj in objects(again)) and "0 stored" in result.stdout
+    logged = log.read_text()
+    assert "unreachable" in logged and logged.count(" sent ") >= len(objects(down))
+
+
+def test_a_rerun_replaces_the_objects_instead_of_adding(exported, folder: Path, trained_model: Path,
+                                                        threshold: float) -> None:
+    base, first, _ = exported
+    before = sorted(p.name for p in (base / "dicom").rglob("*.dcm"))
+    again, _ = scan(folder, base / "report.pdf", trained_model, "--threshold", str(threshold), "--top-k", "2",
+                    "--dicom-out", str(base / "dicom"), "--full")
+    assert all(obj["written_this_run"] for obj in objects(again))
+    assert sorted(o["sop_instance_uid"] for o in objects(again)) == sorted(
+        o["sop_instance_uid"] for o in objects(first))
+    assert sorted(p.name for p in (base / "dicom").rglob("*.dcm")) == before
+
+
+def test_a_refused_object_is_kept_with_the_peers_status(folder: Path, trained_model: Path, threshold: float,
+                                                       tmp_path: Path) -> None:
+    with Archive(refuse=EncapsulatedPDFStorage) as archive:
+        facts, result = scan(folder, tmp_path / "report.pdf", trained_model, "--threshold", str(threshold),
+                             "--dicom-out", str(tmp_path / "dicom"), "--send", archive.address,
+                             "--called-ae", "ARCHIVE", code=EXIT_NOT_SENT)
+    [pdf] = objects(facts, "pdf")
+    assert (pdf["sent"], pdf["detail"]) == ("refused", "status 0xA700")
+    assert {obj["sent"] for obj in objects(facts) if obj["kind"] != "pdf"} == {"sent"}
+    assert len(archive.received) == len(objects(facts)) - 1
+    ledger = json.loads((tmp_path / ".report.dicom.json").read_text())
+    assert [o["sent"] for o in ledger["objects"] if o["kind"] == "pdf"] == ["refused"]
+
+
+def test_loose_images_write_no_object_and_the_summary_says_why(trained_model: Path, tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(blob_image(rng, True)).save(images / name)
+    facts, result = scan(images, tmp_path / "out" / "r.pdf", trained_model, "--dicom-out",
+                         str(tmp_path / "dicom"))
+    assert "DICOM: no object written: 2 cases came from no DICOM study" in result.stdout
+    assert facts["dicom"]["objects"] == [] and facts["dicom"]["counts"]["no_study"] == 2
+    assert not list((tmp_path / "dicom").rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--send", "127.0.0.1:104", "--called-ae", "PACS"], "--dicom-out"),
+    (["--dicom-out", "D", "--send", "127.0.0.1", "--called-ae", "PACS"], "--send"),
+    (["--dicom-out", "D", "--send", "127.0.0.1:70000", "--called-ae", "PACS"], "--send"),
+    (["--dicom-out", "D", "--send", "127.0.0.1:104"], "--called-ae"),
+    (["--dicom-out", "D", "--send", "127.0.0.1:104", "--called-ae", "A_TITLE_TOO_LONG_"], "--called-ae"),
+    (["--dicom-out", "D", "--send", "127.0.0.1:104", "--called-ae", "PACS", "--calling-ae", "A\\B"],
+     "--calling-ae"),
+    (["--dicom-out", "D", "--called-ae", "PACS"], "--send"),
+])
+def test_bad_sending_options_are_usage_errors(tmp_path: Path, args: list[str], flag: str) -> None:
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "o" / "r.pdf"),
+                                       *[str(tmp_path / a) if a == "D" else a for a in args]])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"({flag})" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "D").exists()
+
+
+def test_a_dicom_folder_inside_the_input_is_refused(trained_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "o" / "r.pdf"),
+                                       "--model", str(trained_model), "--dicom-out", str(tmp_path / "in/d")])
+    assert result.exit_code == EXIT_USAGE and "(--dicom-out)" in result.stderr
+
+
+def test_peer_and_uids() -> None:
+    assert Peer.parse("pacs.lab:11112", "ARCHIVE") == Peer("pacs.lab", 11112, "ARCHIVE", "TRIAGE")
+    assert str(Peer.parse("[::1]:104", "A", "ME")) == "A@::1:104"
+    with pytest.raises(UsageError):
+        Peer.parse("pacs.lab:0", "ARCHIVE")
+    one = derived_uid("sr", "ab" * 32, ["1.2.3", "1.2.4"])
+    assert one == derived_uid("sr", "ab" * 32, ["1.2.3", "1.2.4"]) and len(one) <= 64
+    others = {derived_uid("sr", "cd" * 32, ["1.2.3", "1.2.4"]), derived_uid("sr", "ab" * 32, ["1.2.3"]),
+              derived_uid("pdf", "ab" * 32, ["1.2.3", "1.2.4"])}
+    assert len(others | {one}) == 4
