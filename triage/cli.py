@@ -508,6 +508,9 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
+@click.option("--settle", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Defer to a later run every case with a file modified in the last SECONDS (a series a "
+                   "DICOM receiver is still writing).")
 @click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write DICOM objects of every DICOM case into DIR, in its source study: an SR of the "
                    "verdict, overlays of flagged cases, the study's report as a PDF.")
@@ -610,6 +613,7 @@ def _scan_summary(input_dir: Path, result: Any, report: Path) -> str:
     studies = (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
                if counts["studies"] else "")
     not_scanned = f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else ""
+    not_scanned += f", {counts['deferred']} deferred (still changing)" if counts["deferred"] else ""
     return (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
             f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
             f"{counts['failed']} failed, {counts['skipped']} skipped{not_scanned}"

@@ -26,6 +26,7 @@ from triage.inputs import nifti as volumes
 from triage.inputs.decode import read_image
 from triage.inputs.discovery import FoundFile
 from triage.inputs.pixels import gray_to_rgb, scale
+from triage.inputs.study import StudyFacts
 
 # The window of a case without a stored one: these percentiles of all its values.
 WINDOW_PERCENTILES = (0.5, 99.5)
@@ -81,7 +82,7 @@ class Case:
     status: str | None = None
     reason: str = ""
     window: tuple[float, float] | None = None
-    study: dicom_series.StudyFacts = dicom_series.StudyFacts()
+    study: StudyFacts = StudyFacts()
 
 
 def build_cases(found: Sequence[FoundFile], *, group_by: str = "auto",
@@ -155,7 +156,7 @@ def _file_case(item: FoundFile, status: str, reason: str,
                 study_uid=str(get("StudyInstanceUID") or ""), series_uid=str(get("SeriesInstanceUID") or ""),
                 description=str(get("SeriesDescription") or ""), modality=str(get("Modality") or ""),
                 status=status, reason=reason,
-                study=dicom_series.study_facts(header) if header is not None else dicom_series.StudyFacts())
+                study=dicom_series.study_facts(header) if header is not None else StudyFacts())
 
 
 def _series_case(stack: dicom_series.Stack, wanted: set[str]) -> Case:

@@ -26,6 +26,7 @@ from triage.errors import ImageLoadError, short_reason
 from triage.inputs.dicom import DICOM_DEFER_BYTES
 from triage.inputs.discovery import FoundFile
 from triage.inputs.formats import DICOM_FIRST_GROUPS, MAX_PIXELS
+from triage.inputs.study import StudyFacts
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Functional groups of an enhanced multi-frame file that describe one frame.
@@ -40,19 +41,6 @@ _STACK_KEYWORDS = (
 LOCALIZER_MAX_SLICES = 3
 # Two stacks whose normals meet at more than 60 degrees count as orthogonal.
 _ORTHOGONAL_COS = 0.5
-
-
-@dataclass(frozen=True)
-class StudyFacts:
-    """How a lab finds a study: its date (YYYYMMDD), description, accession number and patient ID.
-
-    Each is empty where the source has none.
-    """
-
-    date: str = ""
-    description: str = ""
-    accession: str = ""
-    patient_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from triage.inputs.dicom_series import StudyFacts
+from triage.inputs.study import StudyFacts
 from triage.model.summary import ModelSummary
 from triage.results.dicom import DicomExport
 
@@ -24,9 +24,10 @@ STATUSES: dict[str, str] = {
     "link_outside": "a symbolic link to a file outside the input folder, not read",
     "link_broken": "a symbolic link whose target does not exist, or a link loop",
     "not_scanned": "the run was interrupted before this file was scored",
+    "deferred": "a file of its case changed in the last --settle seconds (still arriving): scored later",
     "error": "an unexpected error while scoring this file",
 }
-FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned"}
+FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned", "deferred"}
 
 @dataclass(frozen=True)
 class Row:
@@ -238,6 +239,7 @@ class ScanResult:
         return {
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
+            "deferred": self.count("deferred"),
             "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
             "cases": len(self.cases), "cases_flagged": len(self.flagged_cases),
             "studies": len(self.studies), "studies_flagged": sum(s.flagged for s in self.studies),
