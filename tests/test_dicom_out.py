@@ -103,7 +103,7 @@ def test_each_case_gets_an_sr_a_flagged_one_overlays_and_the_study_one_pdf(expor
     written = sorted(p.relative_to(base / "dicom").as_posix() for p in (base / "dicom").rglob("*.dcm"))
     assert written == sorted(obj["file"] for obj in objects(facts))
     assert facts["dicom"]["counts"]["no_study"] == 1  # the loose PNG
-    assert "DICOM: 5 objects written" in output and "1 cases without a study" in output
+    assert "DICOM: 5 objects written" in output and "cases without a study: 1" in output
 
 
 def test_every_object_joins_the_source_study_and_says_research(exported, folder: Path) -> None:
@@ -313,7 +313,7 @@ def test_loose_images_write_no_object_and_the_summary_says_why(trained_model: Pa
         Image.fromarray(blob_image(rng, True)).save(images / name)
     facts, result = scan(images, tmp_path / "out" / "r.pdf", trained_model, "--dicom-out",
                          str(tmp_path / "dicom"))
-    assert "DICOM: no object written: 2 cases came from no DICOM study" in result.stdout
+    assert "DICOM: no object written: cases from no DICOM study: 2" in result.stdout
     assert facts["dicom"]["objects"] == [] and facts["dicom"]["counts"]["no_study"] == 2
     assert not list((tmp_path / "dicom").rglob("*.dcm"))
 
@@ -377,3 +377,29 @@ def test_a_series_still_arriving_is_deferred_and_nothing_is_written_for_it(
     second, _ = scan(incoming, tmp_path / "r.html", trained_model, *args)
     assert second["counts"]["deferred"] == 0 and second["counts"]["scored_this_run"] == 4
     assert t1 <= {obj["case"] for obj in objects(second, "sr")}
+
+
+def test_patient_attributes_the_source_lacks_stay_empty_and_a_gone_file_is_rewritten(
+        trained_model: Path, tmp_path: Path) -> None:
+    incoming = tmp_path / "in"
+    write_series(incoming, generate_uid(), "t2", 5)
+    missing = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+               "ReferringPhysicianName", "StudyDate", "StudyTime")
+    for path in incoming.rglob("IM*"):
+        ds = pydicom.dcmread(path)
+        for keyword in missing:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path)
+    args = ["--dicom-out", str(tmp_path / "dicom"), "--threshold", "0"]  # flagged: an SR, overlays, a PDF
+    first, _ = scan(incoming, tmp_path / "r.pdf", trained_model, *args)
+    assert {obj["kind"] for obj in objects(first)} == {"sr", "overlay", "pdf"}
+    assert not first["dicom"]["failures"]
+    for obj in objects(first):
+        ds = pydicom.dcmread(tmp_path / "dicom" / obj["file"])
+        assert all(keyword in ds and not ds[keyword].value for keyword in missing), obj["kind"]
+    [pdf] = objects(first, "pdf")
+    (tmp_path / "dicom" / pdf["file"]).unlink()  # someone removed it; the cases are unchanged
+    second, _ = scan(incoming, tmp_path / "r.pdf", trained_model, *args)
+    assert [obj["file"] for obj in objects(second) if obj["written_this_run"]] == [pdf["file"]]
+    assert (tmp_path / "dicom" / pdf["file"]).is_file()

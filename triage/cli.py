@@ -145,7 +145,9 @@ class _StopFlag:
 
     A second Ctrl-C stops at once, before any output is replaced; once the
     outputs are being written (``phase`` "writing") it waits for them, so they
-    are either all the previous run's or all this run's.
+    are either all the previous run's or all this run's. While DICOM objects
+    are sent (``"sending"``) the first one already stops after the current
+    object; the rest stay in the DICOM folder for the next run.
     """
 
     def __init__(self) -> None:
@@ -163,9 +165,10 @@ class _StopFlag:
         def handler(signum: int, frame: Any) -> None:
             if self.stopping and signum == signal.SIGINT:
                 self.pressed_twice = True
-                if self.phase != "writing":
+                if self.phase in ("starting", "scanning"):
                     raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
-                log.warning("SIGINT again: finishing the outputs already being written")
+                log.warning("SIGINT again: finishing the outputs already being written"
+                            if self.phase == "writing" else "SIGINT again: stopping after this object")
                 return
             self.stopping = True
             log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
@@ -583,14 +586,14 @@ def _dicom_summary(export: Any) -> str:
         return ""
     counts = export.counts()
     if not counts["cases"]:
-        why = (f"{counts['no_study']} cases came from no DICOM study (loose images and NIfTI volumes have "
-               f"none to join)" if counts["no_study"] else "no DICOM case was scored")
+        why = (f"cases from no DICOM study: {counts['no_study']} (loose images and NIfTI volumes have none "
+               f"to join)" if counts["no_study"] else "no DICOM case was scored")
         if counts["not_scored"]:
-            why += f", {counts['not_scored']} DICOM cases were not scored"
+            why += f", DICOM cases not scored: {counts['not_scored']}"
         return f"; DICOM: no object written: {why}"
     text = (f"; DICOM: {counts['written']} objects written, {counts['objects']} in {export.folder} "
             f"for {counts['cases']} cases")
-    text += f", {counts['no_study']} cases without a study" if counts["no_study"] else ""
+    text += f", cases without a study: {counts['no_study']}" if counts["no_study"] else ""
     text += f", {counts['failures']} could not be made (run.json)" if counts["failures"] else ""
     if export.peer:
         text += (f"; sent to {export.peer}: {counts['sent']} stored, {counts['refused']} refused, "

@@ -42,43 +42,84 @@ def export_dicom(result: ScanResult, folder: Path, report_dir: Path,
         report_dir: The report's folder (the heat-map paths are relative to it).
         earlier: The objects an earlier run recorded (:func:`triage.dicom_out.ledger.load_ledger`).
     """
-    version = result.versions.get("triage", __version__)
-    kept = {obj.sop_instance_uid: obj for obj in earlier if (folder / obj.file).is_file()}
-    earlier_by_case: dict[str | None, list[DicomObject]] = defaultdict(list)
-    for obj in kept.values():
-        earlier_by_case[obj.case_id].append(obj)
-    rows = _rows_by_case(result)
-    objects: dict[str, DicomObject] = dict(kept)
-    sources: dict[str, Source] = {}
-    counts = {"cases": 0, "no_study": 0, "not_scored": 0}
-    failures: list[tuple[str, str]] = []
+    export = _Export(result, folder, report_dir, list(earlier))
     for case in result.cases:
-        why_not = _why_no_objects(case, rows.get(case.case_id, []))
-        if why_not:
-            counts[why_not] += 1
-            continue
-        counts["cases"] += 1
-        if not case.new and earlier_by_case.get(case.case_id):
-            continue  # carried over unchanged: its objects are still in the folder
-        try:
-            source = read_source(Path(result.input_dir), [row.path for row in rows[case.case_id]],
-                                 case.study_uid)
-            made = _case_objects(case, source, result, report_dir, version)
-        except (SourceError, OSError, ValueError, TypeError, AttributeError, KeyError) as err:
-            failures.append((case.case_id, short_reason(err)))
-            log.warning("no DICOM objects for case %s: %s", case.case_id, short_reason(err))
-            continue
-        sources.setdefault(case.study_uid, source)
-        fresh = [_save(folder, kind, case.case_id, dataset) for kind, dataset in made]
-        _replace(objects, earlier_by_case.get(case.case_id, []), fresh, folder)
+        export.case(case)
     for study in result.studies:
-        if study.study_uid in sources:
-            pdf = _study_pdf(study, sources[study.study_uid], result, report_dir, version, failures)
-            if pdf is not None:
-                before = [o for o in earlier_by_case.get(None, []) if o.study_uid == study.study_uid]
-                _replace(objects, before, [_save(folder, "pdf", None, pdf)], folder)
-    return DicomExport(str(folder.resolve()), tuple(sorted(objects.values(), key=_order)), **counts,
-                       failures=tuple(failures))
+        export.study(study)
+    return DicomExport(str(folder.resolve()), tuple(sorted(export.objects.values(), key=_order)),
+                       **export.counts, failures=tuple(export.failures))
+
+
+class _Export:
+    """One run's export: the objects so far (an earlier run's, replaced case by case), counts, failures."""
+
+    def __init__(self, result: ScanResult, folder: Path, report_dir: Path,
+                 earlier: list[DicomObject]) -> None:
+        self.result, self.folder, self.report_dir = result, folder, report_dir
+        self.version = result.versions.get("triage", __version__)
+        self.rows = _rows_by_case(result)
+        self.earlier: dict[str | None, list[DicomObject]] = defaultdict(list)
+        for obj in earlier:
+            self.earlier[obj.case_id if obj.kind != "pdf" else f"pdf:{obj.study_uid}"].append(obj)
+        self.objects = {obj.sop_instance_uid: obj for obj in earlier if (folder / obj.file).is_file()}
+        self.counts = {"cases": 0, "no_study": 0, "not_scored": 0}
+        self.failures: list[tuple[str, str]] = []
+        self.sources: dict[str, Source] = {}  # a study's source, read for a case written this run
+        self.members: dict[str, list[CaseSummary]] = defaultdict(list)  # a study's cases with objects
+
+    def _intact(self, key: str) -> bool:
+        """An earlier run wrote objects for ``key`` (a case, or ``pdf:<study>``) and their files are there."""
+        objects = self.earlier[key]
+        return bool(objects) and all(obj.sop_instance_uid in self.objects for obj in objects)
+
+    def case(self, case: CaseSummary) -> None:
+        why_not = _why_no_objects(case, self.rows.get(case.case_id, []))
+        if why_not:
+            self.counts[why_not] += 1
+            return
+        self.counts["cases"] += 1
+        self.members[case.study_uid].append(case)
+        if not case.new and self._intact(case.case_id):
+            return  # carried over unchanged: its objects are still in the folder
+        try:
+            source = self._source(case)
+            made = _case_objects(case, source, self.result, self.report_dir, self.version)
+        except (SourceError, OSError, ValueError, TypeError, AttributeError, KeyError) as err:
+            self._failed(case.case_id, err)
+            return
+        self.sources.setdefault(case.study_uid, source)
+        self._replace(case.case_id, [_save(self.folder, kind, case.case_id, ds) for kind, ds in made])
+
+    def study(self, study: StudySummary) -> None:
+        """The study's PDF, when one of its cases was written this run or its PDF is gone."""
+        key, written = f"pdf:{study.study_uid}", study.study_uid in self.sources
+        if not self.members.get(study.study_uid) or (not written and self._intact(key)):
+            return
+        try:
+            source = self.sources.get(study.study_uid) or self._source(self.members[study.study_uid][0])
+            pdf = _study_pdf(study, source, self.result, self.report_dir, self.version)
+        except (SourceError, OSError, ValueError) as err:
+            self._failed(study.study_uid, err)
+            return
+        self._replace(key, [_save(self.folder, "pdf", None, pdf)])
+
+    def _source(self, case: CaseSummary) -> Source:
+        paths = [row.path for row in self.rows[case.case_id]]
+        return read_source(Path(self.result.input_dir), paths, case.study_uid)
+
+    def _failed(self, what: str, err: Exception) -> None:
+        self.failures.append((what, short_reason(err)))
+        log.warning("no DICOM objects for %s: %s", what, short_reason(err))
+
+    def _replace(self, key: str, fresh: list[DicomObject]) -> None:
+        """This run's objects of a case (or study) in place of an earlier run's; unwanted files removed."""
+        uids = {obj.sop_instance_uid for obj in fresh}
+        for obj in self.earlier[key]:
+            self.objects.pop(obj.sop_instance_uid, None)
+            if obj.sop_instance_uid not in uids:
+                (self.folder / obj.file).unlink(missing_ok=True)
+        self.objects.update((obj.sop_instance_uid, obj) for obj in fresh)
 
 
 def _rows_by_case(result: ScanResult) -> dict[str, list[Row]]:
@@ -115,8 +156,8 @@ def _case_objects(case: CaseSummary, source: Source, result: ScanResult, report_
     return made
 
 
-def _study_pdf(study: StudySummary, source: Source, result: ScanResult, report_dir: Path, version: str,
-               failures: list[tuple[str, str]]) -> Dataset | None:
+def _study_pdf(study: StudySummary, source: Source, result: ScanResult, report_dir: Path,
+               version: str) -> Dataset:
     """The study's Encapsulated PDF: the report of its cases alone."""
     from triage.report import draw_figures, render_pdf
 
@@ -124,13 +165,8 @@ def _study_pdf(study: StudySummary, source: Source, result: ScanResult, report_d
     own = dataclasses.replace(result, rows=tuple(row for row in result.rows if row.case_id in members),
                               cases=tuple(case for case in result.cases if case.case_id in members),
                               studies=(study,), dicom=None)
-    try:
-        pdf = render_pdf(own, report_dir, max_cases=settings.MAX_REPORT_CASES, figures=draw_figures(own))
-        return study_pdf(study.study_uid, source, pdf, result.model, version)
-    except (OSError, ValueError) as err:
-        failures.append((study.study_uid, short_reason(err)))
-        log.warning("no DICOM report of study %s: %s", study.study_uid, short_reason(err))
-        return None
+    pdf = render_pdf(own, report_dir, max_cases=settings.MAX_REPORT_CASES, figures=draw_figures(own))
+    return study_pdf(study.study_uid, source, pdf, result.model, version)
 
 
 def _save(folder: Path, kind: str, case_id: str | None, dataset: Dataset) -> DicomObject:
@@ -141,17 +177,6 @@ def _save(folder: Path, kind: str, case_id: str | None, dataset: Dataset) -> Dic
     atomic_write_bytes(folder / relative, buffer.getvalue())
     return DicomObject(kind, case_id, str(dataset.StudyInstanceUID), str(dataset.SOPClassUID),
                        str(dataset.SOPInstanceUID), relative)
-
-
-def _replace(objects: dict[str, DicomObject], earlier: list[DicomObject], fresh: list[DicomObject],
-             folder: Path) -> None:
-    """This run's objects of a case (or study) in place of an earlier run's; unwanted files removed."""
-    uids = {obj.sop_instance_uid for obj in fresh}
-    for obj in earlier:
-        objects.pop(obj.sop_instance_uid, None)
-        if obj.sop_instance_uid not in uids:
-            (folder / obj.file).unlink(missing_ok=True)
-    objects.update((obj.sop_instance_uid, obj) for obj in fresh)
 
 
 def _order(obj: DicomObject) -> tuple[str, str, str, str]:
