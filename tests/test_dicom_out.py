@@ -26,9 +26,11 @@ from test_cases import write_series
 from conftest import blob_image
 from triage.cli import EXIT_NOT_SENT, EXIT_OK, EXIT_USAGE, main
 from triage.dicom_out.options import Peer
+from triage.dicom_out.send import send_objects
 from triage.dicom_out.sr import FLAGGED, SCORE, THRESHOLD
 from triage.dicom_out.uids import derived_uid
 from triage.errors import UsageError
+from triage.results.dicom import DicomObject
 from triage.results.tables import read_csv
 
 STUDY = {"AccessionNumber": "ACC-2041", "StudyDescription": "MR BRAIN W/O", "PatientID": "LAB-0007",
@@ -215,12 +217,13 @@ def test_studies_are_named_the_way_a_lab_finds_them(exported) -> None:
 class Archive:
     """pynetdicom's storage SCP on 127.0.0.1 in a thread: keeps what it stores, refuses one SOP class."""
 
-    def __init__(self, refuse: str | None = None) -> None:
+    def __init__(self, refuse: str | None = None, strict: bool = False) -> None:
         from pynetdicom import AE, evt
 
         self.received: list[pydicom.Dataset] = []
         self.refuse = refuse
         ae = AE(ae_title="ARCHIVE")
+        ae.require_called_aet = strict  # reject an association that calls another AE title
         for uid in SOP_CLASSES:
             ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", 0), block=False,
@@ -403,3 +406,13 @@ def test_patient_attributes_the_source_lacks_stay_empty_and_a_gone_file_is_rewri
     second, _ = scan(incoming, tmp_path / "r.pdf", trained_model, *args)
     assert [obj["file"] for obj in objects(second) if obj["written_this_run"]] == [pdf["file"]]
     assert (tmp_path / "dicom" / pdf["file"]).is_file()
+
+
+def test_a_rejected_association_and_a_stop_send_nothing_and_say_why(tmp_path: Path) -> None:
+    obj = DicomObject("sr", "case", "1.2.3", SOP_CLASSES[0], "1.2.3.4", "1.2.3/sr_1.2.3.4.dcm")
+    with Archive(strict=True) as archive:
+        [rejected] = send_objects([obj], tmp_path, Peer.parse(archive.address, "NOT_ARCHIVE"), timeout=5)
+        [stopped] = send_objects([obj], tmp_path, Peer.parse(archive.address, "ARCHIVE"),
+                                 should_stop=lambda: True, timeout=5)
+    assert rejected.sent == "unreachable" and "rejected (check the AE titles)" in rejected.detail
+    assert stopped.sent == "stopped" and archive.received == []

@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from triage import settings
 from triage.dicom_out.options import Peer
+from triage.errors import short_reason
 from triage.results.dicom import NOT_TRIED, REFUSED, SENT, UNREACHABLE, DicomObject
 
 # Status codes of a C-STORE that stored the object (PS3.4 B.2.3): success, and the warnings.
@@ -27,13 +28,16 @@ def send_objects(objects: Sequence[DicomObject], folder: Path, peer: Peer,
     """Store ``objects`` (files under ``folder``) at ``peer``; each comes back with its outcome."""
     from pynetdicom import AE
 
-    if not objects:
-        return []
+    if not objects or should_stop():
+        return [_outcome(obj, NOT_TRIED, "the run was stopped before it was sent") for obj in objects]
     ae = AE(ae_title=peer.calling_ae)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({obj.sop_class_uid for obj in objects}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    association = ae.associate(peer.host, peer.port, ae_title=peer.called_ae)
+    try:
+        association = ae.associate(peer.host, peer.port, ae_title=peer.called_ae)
+    except (OSError, RuntimeError, ValueError) as err:  # e.g. a host name that does not resolve
+        return [_outcome(obj, UNREACHABLE, short_reason(err)) for obj in objects]
     if not association.is_established:
         why = _refusal(association)
         return [_outcome(obj, UNREACHABLE, why) for obj in objects]
@@ -53,7 +57,7 @@ def _store(association: object, obj: DicomObject, folder: Path,
     try:
         status = association.send_c_store(folder / obj.file)  # type: ignore[attr-defined]
     except (OSError, ValueError, RuntimeError) as err:  # a file gone, no accepted context for its class
-        return _outcome(obj, REFUSED, str(err).splitlines()[0][:160] if str(err) else type(err).__name__)
+        return _outcome(obj, REFUSED, short_reason(err))
     if "Status" not in status:  # no reply: timed out, or the connection dropped
         return _outcome(obj, UNREACHABLE, "no reply to the C-STORE")
     code = int(status.Status)
