@@ -21,9 +21,7 @@ from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pypdf import PdfReader
-from test_cases import write_series
 
-from conftest import blob_image
 from triage.cli import EXIT_NOT_SENT, EXIT_OK, EXIT_USAGE, main
 from triage.dicom_out.options import Peer
 from triage.dicom_out.send import send_objects
@@ -32,6 +30,7 @@ from triage.dicom_out.uids import derived_uid
 from triage.errors import UsageError
 from triage.results.dicom import DicomObject
 from triage.results.tables import read_csv
+from triage.testing import blob_image, write_series
 
 STUDY = {"AccessionNumber": "ACC-2041", "StudyDescription": "MR BRAIN W/O", "PatientID": "LAB-0007",
          "StudyDate": "20240305"}
@@ -43,7 +42,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One study of two series (t2 with bright discs, t1 without), its lab facts set, and a loose PNG."""
     root = tmp_path_factory.mktemp("study")
     study = generate_uid()
-    write_series(root, study, "t2", 5)
+    write_series(root, study, "t2", 5, tumour_slices=(2, 3))
     write_series(root, study, "t1", 4)
     for path in sorted(root.rglob("IM*")):
         ds = pydicom.dcmread(path)
@@ -251,6 +250,7 @@ def closed_address() -> str:
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
+@pytest.mark.slow
 def test_a_down_archive_loses_nothing_and_the_next_run_sends_it_all(
         folder: Path, trained_model: Path, threshold: float, tmp_path: Path) -> None:
     out, dicom, log = tmp_path / "report.pdf", tmp_path / "dicom", tmp_path / "triage.log"
@@ -359,6 +359,7 @@ def test_peer_and_uids() -> None:
     assert len(others | {one}) == 4
 
 
+@pytest.mark.slow
 def test_a_series_still_arriving_is_deferred_and_nothing_is_written_for_it(
         folder: Path, trained_model: Path, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
@@ -382,10 +383,11 @@ def test_a_series_still_arriving_is_deferred_and_nothing_is_written_for_it(
     assert t1 <= {obj["case"] for obj in objects(second, "sr")}
 
 
+@pytest.mark.slow
 def test_patient_attributes_the_source_lacks_stay_empty_and_a_gone_file_is_rewritten(
         trained_model: Path, tmp_path: Path) -> None:
     incoming = tmp_path / "in"
-    write_series(incoming, generate_uid(), "t2", 5)
+    write_series(incoming, generate_uid(), "t2", 5, tumour_slices=(2, 3))
     missing = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                "ReferringPhysicianName", "StudyDate", "StudyTime")
     for path in incoming.rglob("IM*"):
