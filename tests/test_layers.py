@@ -14,8 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "triage"
 # Low to high. "base" is the package's own top-level modules (errors, settings, hooks, ...);
 # the command line and the test helpers sit on top of everything.
-LAYERS = ("base", "outputs", "inputs", "model", "engine", "labelled", "results", "report", "scan", "train",
-          "evaluate", "top")
+LAYERS = ("base", "outputs", "inputs", "model", "engine", "labelled", "results", "report", "dicom_out",
+          "scan", "train", "evaluate", "top")
 TOP_MODULES = {"cli", "__main__", "testing"}
 
 

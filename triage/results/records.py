@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from triage.inputs.study import StudyFacts
 from triage.model.summary import ModelSummary
+from triage.results.dicom import DicomExport
 
 # CSV statuses. `ok` rows carry a probability; every other status has a reason.
 OK = "ok"
@@ -22,9 +24,10 @@ STATUSES: dict[str, str] = {
     "link_outside": "a symbolic link to a file outside the input folder, not read",
     "link_broken": "a symbolic link whose target does not exist, or a link loop",
     "not_scanned": "the run was interrupted before this file was scored",
+    "deferred": "a file of its case changed in the last --settle seconds (still arriving): scored later",
     "error": "an unexpected error while scoring this file",
 }
-FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned"}
+FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned", "deferred"}
 
 @dataclass(frozen=True)
 class Row:
@@ -114,6 +117,7 @@ class CaseSummary:
         new: Some row was scored in this run.
         unfamiliar: Most of its scored slices are unfamiliar (a loose image: it is); None when no
             familiarity check ran. Its score is not to be trusted, whatever it is.
+        study: Its study's date, description, accession number and patient ID (DICOM only).
     """
 
     case_id: str
@@ -139,6 +143,7 @@ class CaseSummary:
     copy_of: str | None = None
     new: bool = True
     unfamiliar: bool | None = None
+    study: StudyFacts = StudyFacts()
 
     @property
     def ood_distance(self) -> float:
@@ -153,12 +158,13 @@ class CaseSummary:
 
 @dataclass(frozen=True)
 class StudySummary:
-    """A DICOM study's line: the highest score of its non-localizer cases."""
+    """A DICOM study's line: the highest score of its non-localizer cases, and how a lab finds it."""
 
     study_uid: str
     score: float | None
     flagged: bool
     case_ids: tuple[str, ...]
+    facts: StudyFacts = StudyFacts()
 
 
 def image_summaries(rows: tuple[Row, ...], threshold: float) -> tuple[CaseSummary, ...]:
@@ -195,6 +201,7 @@ class ScanResult:
     studies: tuple[StudySummary, ...] = ()
     aggregate: str = "max"
     top_k: int = 3
+    dicom: DicomExport | None = None  # what --dicom-out wrote and sent, once it has
 
     def __post_init__(self) -> None:
         if not self.cases:
@@ -257,6 +264,7 @@ class ScanResult:
         return {
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
+            "deferred": self.count("deferred"),
             "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
             "unfamiliar": sum(bool(row.unfamiliar) for row in self.rows),
             "cases": len(self.cases), "cases_flagged": len(self.flagged_cases),

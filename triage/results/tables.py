@@ -16,7 +16,8 @@ CSV_COLUMNS = (
     "ood_distance", "unfamiliar",
 )
 CASE_CSV_COLUMNS = (
-    "case_id", "kind", "study_uid", "series_uid", "description", "modality", "n_images", "n_scored",
+    "case_id", "kind", "study_uid", "study_date", "study_description", "accession_number", "patient_id",
+    "series_uid", "description", "modality", "n_images", "n_scored",
     "score", "flagged", "top_path", "top_slice_index", "aggregate", "sort_method", "localizer",
     "unfamiliar", "needs_review",
 )
@@ -60,7 +61,8 @@ def cases_csv_text(result: ScanResult) -> str:
     writer.writerow(CASE_CSV_COLUMNS)
     for case in result.cases:
         writer.writerow([
-            case.case_id, case.kind, case.study_uid, case.series_uid, case.description, case.modality,
+            case.case_id, case.kind, case.study_uid, case.study.date, case.study.description,
+            case.study.accession, case.study.patient_id, case.series_uid, case.description, case.modality,
             case.n_images, case.n_scored, _cell(case.score), _cell(case.flagged) if case.n_scored else "",
             _cell(case.top_path), _cell(case.top_slice_index), case.aggregate, case.sort_method,
             _cell(case.localizer), _cell(case.unfamiliar), _cell(case.needs_review) if case.n_scored else "",
