@@ -25,7 +25,7 @@ from pypdf import PdfReader
 from triage.cli import EXIT_NOT_SENT, EXIT_OK, EXIT_USAGE, main
 from triage.dicom_out.options import Peer
 from triage.dicom_out.send import send_objects
-from triage.dicom_out.sr import FLAGGED, SCORE, THRESHOLD
+from triage.dicom_out.sr import FLAGGED, SCORE, THRESHOLD, UNFAMILIAR
 from triage.dicom_out.uids import derived_uid
 from triage.errors import UsageError
 from triage.results.dicom import DicomObject
@@ -141,6 +141,8 @@ def test_the_sr_holds_the_verdict_and_references_the_series(exported, folder: Pa
         assert measured[THRESHOLD] == pytest.approx(facts["threshold"])
         [flag] = [e for e in group.get_qualitative_evaluations() if e.name == FLAGGED]
         assert flag.value == (codes.SCT.Yes if case["flagged"] == "true" else codes.SCT.No)
+        [unfamiliar] = [e for e in group.get_qualitative_evaluations() if e.name == UNFAMILIAR]
+        assert unfamiliar.value == (codes.SCT.Yes if case["unfamiliar"] == "true" else codes.SCT.No)
         evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                     for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
         case_files = {row["path"] for row in rows if row["case_id"] == obj["case"]}

@@ -27,6 +27,7 @@ SCHEME = "99TRIAGE"
 SCORE = hd.sr.CodedConcept("score", SCHEME, "Tumour score")
 THRESHOLD = hd.sr.CodedConcept("threshold", SCHEME, "Decision threshold")
 FLAGGED = hd.sr.CodedConcept("flagged", SCHEME, "Flagged for review")
+UNFAMILIAR = hd.sr.CodedConcept("unfamiliar", SCHEME, "Unlike the training images (score not trusted)")
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 
@@ -69,8 +70,16 @@ def _group(case: CaseSummary, source: Source,
             parameters=card_facts(result, case), manufacturer=identity.MANUFACTURER),
         measurements=[hd.sr.Measurement(SCORE, float(case.score or 0.0), unit, referenced_images=top or None),
                       hd.sr.Measurement(THRESHOLD, float(result.threshold), unit)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            FLAGGED, codes.SCT.Yes if case.flagged else codes.SCT.No)])
+        qualitative_evaluations=_evaluations(case))
+
+
+def _evaluations(case: CaseSummary) -> list[hd.sr.QualitativeEvaluation]:
+    """Flagged, yes or no; and unfamiliar, yes or no, where the familiarity check ran."""
+    found = [hd.sr.QualitativeEvaluation(FLAGGED, codes.SCT.Yes if case.flagged else codes.SCT.No)]
+    if case.unfamiliar is not None:
+        answer = codes.SCT.Yes if case.unfamiliar else codes.SCT.No
+        found.append(hd.sr.QualitativeEvaluation(UNFAMILIAR, answer))
+    return found
 
 
 def _top_headers(case: CaseSummary, source: Source) -> list[Dataset]:
