@@ -27,6 +27,7 @@ EXIT_MODEL = 3
 EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 5
 EXIT_OUTPUT = 6
+EXIT_NOT_SENT = 7
 EXIT_INTERNAL = 70
 
 EXIT_CODES_HELP = f"""\b
@@ -40,6 +41,8 @@ Exit codes:
       what was scored (the rest not_scanned); otherwise nothing was written (the message says which)
   {EXIT_OUTPUT}   an output could not be written (read-only or full file system, a name too long, a
       permission): the previous outputs are intact
+  {EXIT_NOT_SENT}   the scan's outputs are written, but some DICOM objects could not be sent (--send):
+      they stay in the --dicom-out folder and the next run sends them (run.json says why)
   {EXIT_INTERNAL}  internal error (a bug: please report it with the log)
 """
 
@@ -142,7 +145,9 @@ class _StopFlag:
 
     A second Ctrl-C stops at once, before any output is replaced; once the
     outputs are being written (``phase`` "writing") it waits for them, so they
-    are either all the previous run's or all this run's.
+    are either all the previous run's or all this run's. While DICOM objects
+    are sent (``"sending"``) the first one already stops after the current
+    object; the rest stay in the DICOM folder for the next run.
     """
 
     def __init__(self) -> None:
@@ -160,9 +165,10 @@ class _StopFlag:
         def handler(signum: int, frame: Any) -> None:
             if self.stopping and signum == signal.SIGINT:
                 self.pressed_twice = True
-                if self.phase != "writing":
+                if self.phase in ("starting", "scanning"):
                     raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
-                log.warning("SIGINT again: finishing the outputs already being written")
+                log.warning("SIGINT again: finishing the outputs already being written"
+                            if self.phase == "writing" else "SIGINT again: stopping after this object")
                 return
             self.stopping = True
             log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
@@ -495,10 +501,20 @@ def _print_evaluation(result: Any) -> None:
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"  {name:<12} {format_metric(metrics[name])}")
     click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    if result.unfamiliar is not None:
+        click.echo(f"  unfamiliar   {format_metric(result.unfamiliar)}  (share called unlike the "
+                   f"model's training images)")
     click.echo(f"calibration: {result.model.calibration}")
     for line in format_calibration(result.calibration):
         click.echo(f"  {line}")
     click.echo(f"written: {result.out_dir}")
+
+
+def _unfamiliar_share(share: dict[str, Any] | None) -> str:
+    if share is None:
+        return "no familiarity check; "
+    return (f"unfamiliar {share['value']:.3f} [{share['ci_low']:.3f}, {share['ci_high']:.3f}] "
+            f"of {share['n']}; ")
 
 
 def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
@@ -511,6 +527,7 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
             f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
             f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
             f"calibration {calibration_summary(result.calibration)}; "
+            f"{_unfamiliar_share(result.unfamiliar)}"
             f"threshold {result.threshold:.3f}; precision {result.precision}; "
             f"{seconds:.1f} s -> {result.out_dir}")
 
@@ -543,13 +560,29 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
               help="Model actors of the ray engine.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
               help="GPUs each model actor reserves (may be fractional, e.g. 0.5).")
+@click.option("--no-familiarity", "familiarity", is_flag=True, flag_value=False, default=True,
+              help="Do not check whether images are like the model's training images (no "
+                   "ood_distance, nothing marked unfamiliar).")
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
+@click.option("--settle", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Defer to a later run every case with a file modified in the last SECONDS (a series a "
+                   "DICOM receiver is still writing).")
+@click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also write DICOM objects of every DICOM case into DIR, in its source study: an SR of the "
+                   "verdict, overlays of flagged cases, the study's report as a PDF.")
+@click.option("--send", metavar="HOST:PORT",
+              help="Send the DICOM objects not yet stored there to this archive (C-STORE); needs --dicom-out "
+                   "and --called-ae.")
+@click.option("--called-ae", metavar="AET", help="The archive's AE title.")
+@click.option("--calling-ae", metavar="AET", default=settings.CALLING_AE, show_default=True,
+              help="This tool's AE title when it sends.")
 @runtime_options(settings.SCAN_BATCH_SIZE)
 @handle_errors
 def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, max_report_cases: int,
-         full: bool, wait: float, quiet: bool, log_file: Path | None, verbose: bool, **options: Any) -> int:
+         full: bool, wait: float, quiet: bool, log_file: Path | None, verbose: bool, dicom_out: Path | None,
+         send: str | None, called_ae: str | None, calling_ae: str, **options: Any) -> int:
     """Score every image, DICOM series and NIfTI volume under INPUT_DIR; write the CSVs and the report.
 
     Every image or slice gets a CSV row: `ok` with a probability, or an error
@@ -565,16 +598,20 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
     run = CommandRun(quiet, log_file, verbose, input_dir, desc="scan")
     from triage.scan.run import run_scan
 
+    dicom = _dicom_options(dicom_out, send, called_ae, calling_ae)
     log.info("scan %s -> %s", input_dir, out)
     try:
         result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=_scan_options(**options),
                                  max_report_cases=max_report_cases, full=full, wait=wait,
-                                 log_file=log_file, hooks=run.hooks())
+                                 log_file=log_file, hooks=run.hooks(), dicom=dicom)
     finally:
         run.bar.close()
-    run.summary(_scan_summary(input_dir, result, paths.pdf or paths.html))
+    run.summary(_scan_summary(input_dir, result, paths.pdf or paths.html) + _dicom_summary(result.dicom))
     if result.model.random_backbone:  # warnings: stderr unless --quiet; always the log file
         log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
+    if result.model.familiarity == "none":
+        log.warning("the model has no familiarity index: images unlike its training images are not marked "
+                    "unfamiliar; train it again with this version of triage to get one.")
     if result.failed:
         log.warning("%d files could not be read: the CSV says which and why", result.failed)
     if not quiet:
@@ -583,7 +620,43 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
         if run.stop.pressed_twice:
             log.warning("interrupted twice: every output is this run's, complete for what was scored")
         return EXIT_INTERRUPTED
+    if result.dicom is not None and result.dicom.unsent:
+        unsent = result.dicom.unsent
+        log.error("%d of %d DICOM objects were not sent to %s (%s); they stay in %s and the next run sends "
+                  "them", len(unsent), len(result.dicom.objects), result.dicom.peer, unsent[0].detail,
+                  result.dicom.folder)
+        return EXIT_NOT_SENT
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def _dicom_options(folder: Path | None, send: str | None, called_ae: str | None, calling_ae: str) -> Any:
+    from triage.dicom_out.options import DicomOptions, Peer
+    from triage.errors import UsageError
+
+    if send is None and called_ae is not None:
+        raise UsageError("An archive's AE title is of use only with an archive to send to.", option="send")
+    return DicomOptions(folder, Peer.parse(send, called_ae, calling_ae) if send is not None else None)
+
+
+def _dicom_summary(export: Any) -> str:
+    """``; DICOM: 7 objects written (3 cases, 1 study...)`` and what was sent, or why nothing was written."""
+    if export is None:
+        return ""
+    counts = export.counts()
+    if not counts["cases"]:
+        why = (f"cases from no DICOM study: {counts['no_study']} (loose images and NIfTI volumes have none "
+               f"to join)" if counts["no_study"] else "no DICOM case was scored")
+        if counts["not_scored"]:
+            why += f", DICOM cases not scored: {counts['not_scored']}"
+        return f"; DICOM: no object written: {why}"
+    text = (f"; DICOM: {counts['written']} objects written, {counts['objects']} in {export.folder} "
+            f"for {counts['cases']} cases")
+    text += f", cases without a study: {counts['no_study']}" if counts["no_study"] else ""
+    text += f", {counts['failures']} could not be made (run.json)" if counts["failures"] else ""
+    if export.peer:
+        text += (f"; sent to {export.peer}: {counts['sent']} stored, {counts['refused']} refused, "
+                 f"{counts['unreachable'] + counts['stopped']} not reached")
+    return text
 
 
 def _scan_options(modality: str, ray_address: str | None, workers: int, gpus_per_worker: float,
@@ -601,10 +674,14 @@ def _scan_summary(input_dir: Path, result: Any, report: Path) -> str:
     studies = (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
                if counts["studies"] else "")
     not_scanned = f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else ""
+    not_scanned += f", {counts['deferred']} deferred (still changing)" if counts["deferred"] else ""
+    review = (f"; {counts['cases_need_review']} need review ({counts['cases_flagged']} flagged, "
+              f"{counts['cases_unfamiliar']} unfamiliar)" if result.model.familiarity == "checked"
+              else f"; familiarity {result.model.familiarity}")
     return (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
             f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
             f"{counts['failed']} failed, {counts['skipped']} skipped{not_scanned}"
-            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}"
+            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}{review}"
             f"; threshold {result.threshold:.3f}; precision {result.model.precision}"
             f"; {result.seconds:.1f} s -> {report}")
 

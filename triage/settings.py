@@ -39,3 +39,7 @@ TOP_K = 3
 MAX_REPORT_CASES = 200
 MODALITIES = ("MR",)  # DICOM modalities scored by default
 WORKERS = 1
+
+# DICOM results (--dicom-out) and sending them (--send).
+CALLING_AE = "TRIAGE"  # this tool's AE title when it sends
+DICOM_TIMEOUT = 30.0  # seconds: to connect, for each association step, for each C-STORE reply

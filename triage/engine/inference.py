@@ -22,6 +22,7 @@ from triage.errors import ModelError, UsageError
 from triage.hashing import sha256_file
 from triage.model.calibration import CALIBRATION_FILE, CalibrationMap, read_calibration
 from triage.model.card import MODEL_FILE, ModelCard, check_threshold, read_card
+from triage.model.familiarity import Familiarity, image_statistics
 from triage.model.loading import find_model
 from triage.model.network import (
     CAM_LAYER,
@@ -46,6 +47,7 @@ class InferenceModel:
     summary: ModelSummary
     forward: ForwardPass
     gradcam: GradCam
+    familiarity: Familiarity | None = None  # None: checked off, or a model without an index
     calibration: CalibrationMap | None = None  # None: a model trained before calibration maps
 
     @property
@@ -72,6 +74,14 @@ class InferenceModel:
             return np.asarray(raw, dtype=np.float64)
         return self.calibration.apply(raw)
 
+    def score(self, batch: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
+        """One forward pass: activations, probabilities, and each image's ``ood_distance`` (None when
+        there is no familiarity check) from the same pass's pooled features."""
+        activations, pooled, probabilities = self.forward.run_with_features(batch)
+        if self.familiarity is None:
+            return activations, probabilities, None
+        return activations, probabilities, self.familiarity.distances(pooled, image_statistics(batch))
+
     def threshold(self, override: float | None = None) -> float:
         """The run's decision threshold (calibrated scale): ``override`` when given, else the model card's."""
         check_threshold(override)
@@ -81,16 +91,26 @@ class InferenceModel:
         """The raw network outputs of the first ``n`` rows of a (padded) batch."""
         return self.predict(batch)[1][:n]
 
+    def scores(self, batch: np.ndarray, n: int) -> list[tuple[float, float | None]]:
+        """(probability, ``ood_distance`` or None) of the first ``n`` rows of a (padded) batch."""
+        _, probabilities, distances = self.score(batch)
+        return [(float(p), None if distances is None else float(distances[i]))
+                for i, p in enumerate(probabilities[:n])]
+
 
 def load_for_inference(model: str | Path | None = None, device: str = "auto",
-                       cam_layer: str = CAM_LAYER, precision: str = "auto") -> InferenceModel:
+                       cam_layer: str = CAM_LAYER, precision: str = "auto",
+                       familiarity: bool = True) -> InferenceModel:
     """Find, load and prepare a model at a precision (see :func:`triage.model.network.choose_precision`).
 
     The one place a loaded model gets its precision: fp32 exact, bf16 and fp16
     Keras's mixed policies (float32 head, output and Grad-CAM tail); XLA on a GPU.
 
+    ``familiarity`` False leaves the familiarity check off for this run.
+
     Raises:
-        ModelError: no usable model, or a card that does not fit it.
+        ModelError: no usable model, a card that does not fit it, or a familiarity index that
+            is missing or not the card's.
         UsageError: a GPU was asked for and there is none, or a precision this machine can't run.
     """
     if device not in DEVICES:
@@ -108,15 +128,17 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
         raise ModelError(f"The model card says image size {size}, but the model takes "
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
     network = with_precision(network, chosen)
-    device_used = "gpu" if on_gpu else "cpu"
+    index = load_familiarity(folder, card) if familiarity else None
+    checked = "checked" if index is not None else ("off" if not familiarity else "none")
     calibration = _calibration(folder, card)
-    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used,
+    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen,
+                            "gpu" if on_gpu else "cpu", checked,
                             sha256_file(folder / CALIBRATION_FILE) if calibration else None)
     forward = ForwardPass(network, cam_layer, jit_compile=on_gpu)
     gradcam = GradCam(network, cam_layer)
-    log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
-             "GPU, XLA" if on_gpu else "CPU", chosen)
-    return InferenceModel(folder, card, summary, forward, gradcam, calibration)
+    log.info("model %s (%s), CAM layer %s, %s, precision %s, familiarity %s", summary.id, folder, cam_layer,
+             "GPU, XLA" if on_gpu else "CPU", chosen, checked)
+    return InferenceModel(folder, card, summary, forward, gradcam, index, calibration)
 
 
 def _calibration(folder: Path, card: ModelCard) -> CalibrationMap | None:
@@ -135,3 +157,21 @@ def _calibration(folder: Path, card: ModelCard) -> CalibrationMap | None:
         raise ModelError(f"{folder / CALIBRATION_FILE} does not belong to this model (its card records no "
                          f"calibration map): remove it or train the model again.")
     return calibration
+
+
+def load_familiarity(folder: Path, card: ModelCard) -> Familiarity | None:
+    """The model's familiarity index; None for a model trained before there was one.
+
+    Raises:
+        ModelError: the card names an index that is missing, altered or unreadable.
+    """
+    if card.familiarity is None:
+        return None
+    path = folder / card.familiarity.file
+    try:
+        if sha256_file(path) != card.familiarity.sha256:
+            raise ValueError("it is not the file the card describes")
+        return Familiarity.load(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"The familiarity index {path} of this model cannot be used ({error}): "
+                         f"the model folder is incomplete or altered; train the model again.") from error

@@ -64,13 +64,14 @@ class ModelSpec:
     precision: str
     cam_layer: str
     image_size: int
+    familiarity: bool = True
 
 
 def model_spec(model: Any) -> ModelSpec:
     """What the actors load: the driver's model folder and CAM layer, on the device and at the
-    precision its summary records (see :meth:`RaySession.resolve`)."""
+    precision its summary records (see :meth:`RaySession.resolve`), with its familiarity check."""
     return ModelSpec(model.folder, model.summary.device, model.summary.precision, model.gradcam.layer_name,
-                     model.image_size)
+                     model.image_size, model.familiarity is not None)
 
 
 def require_ray() -> Any:
@@ -115,7 +116,7 @@ class Score:
         self.batch_size = batch_size
         try:
             self.model, self.failure = load_for_inference(spec.folder, spec.device, spec.cam_layer,
-                                                          spec.precision), None
+                                                          spec.precision, spec.familiarity), None
         except (UsageError, ModelError) as error:
             # Raised with the first batch, so the driver gets it typed (see _worker_failure),
             # not as the traceback of an actor that died starting.
@@ -127,9 +128,11 @@ class Score:
         inputs, n = batch["pixels"], len(batch["pixels"])
         if n < self.batch_size:
             inputs = np.concatenate([inputs, np.zeros((self.batch_size - n, *inputs.shape[1:]), np.float32)])
-        activations, probabilities = self.model.predict(inputs)
+        activations, probabilities, distances = self.model.score(inputs)
         maps = self.model.gradcam.heatmaps(activations)[:n]  # a map that is not finite comes back NaN
-        return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities[:n], "cam": maps}
+        far = np.full(n, np.nan) if distances is None else distances[:n]
+        return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities[:n], "cam": maps,
+                "ood": far}
 
 
 class RaySession:
@@ -208,7 +211,7 @@ def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: Model
                 progress: Callable[[int], None] | None = None) -> Iterator[Outcome[T]]:
     """Score ``items`` on Ray Data; one outcome per item, in input order.
 
-    ``output`` of an outcome is ``(probability, Grad-CAM map or None)``.
+    ``output`` of an outcome is ``(probability, Grad-CAM map, ood_distance or None)``.
     """
     stop = stop or Stop()
     report = progress or (lambda n: None)
@@ -254,8 +257,8 @@ def _worker_failure(error: Any) -> BaseException:
 
 
 def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outcome[T]]:
-    for index, ok, blob, probability, cam in zip(batch["index"], batch["ok"], batch["result"],
-                                                  batch["probability"], batch["cam"]):
+    for index, ok, blob, probability, cam, far in zip(batch["index"], batch["ok"], batch["result"],
+                                                       batch["probability"], batch["cam"], batch["ood"]):
         extra, failure = pickle.loads(blob)
         item = items[int(index)]
         if failure is not None:
@@ -263,5 +266,6 @@ def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outc
         elif not ok:
             yield Outcome(item, extra=extra)
         else:
-            yield Outcome(item, extra=extra, output=(float(probability), cam))
+            distance = None if np.isnan(far) else float(far)
+            yield Outcome(item, extra=extra, output=(float(probability), cam, distance))
 

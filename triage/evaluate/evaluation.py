@@ -28,7 +28,7 @@ from triage.hooks import RunHooks
 from triage.labelled.calibration import before_and_after
 from triage.labelled.copies import image_fingerprint, near_matches
 from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
-from triage.labelled.metrics import binary_metrics
+from triage.labelled.metrics import binary_metrics, wilson
 from triage.model.card import TrainingImages, check_threshold, read_card
 from triage.model.loading import find_model
 from triage.model.summary import ModelSummary
@@ -53,6 +53,7 @@ class Evaluation:
     copies_of_training: tuple[str, ...]  # files that are copies of images the model was trained on
     metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
     calibration: dict[str, Any]  # Brier and ECE of the raw output and of the probability, with n and CIs
+    unfamiliar: dict[str, Any] | None = None  # share called unfamiliar (false alarms on labelled MRI)
 
     @property
     def precision(self) -> str:
@@ -69,6 +70,7 @@ class Scores:
     raw_probabilities: np.ndarray  # the network's output
     skipped: tuple[dict[str, str], ...]
     copy_of_training: np.ndarray  # bool per file: an exact or near copy of an image the model trained on
+    distances: np.ndarray | None = None  # ood_distance per file; None without a familiarity check
 
 
 def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
@@ -120,10 +122,13 @@ def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold
     clean = (binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
              if scores.copy_of_training.any() else None)
     copies = tuple(f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c)
+    far = scores.distances
+    unfamiliar = None if far is None else wilson(int((far > 1).sum()), len(scores.files))
     return Evaluation(out_dir, loaded.summary, threshold,
                       binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
                       scores.skipped, copies, clean,
-                      before_and_after(scores.labels, scores.raw_probabilities, scores.probabilities))
+                      before_and_after(scores.labels, scores.raw_probabilities, scores.probabilities),
+                      unfamiliar)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -149,24 +154,27 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
         return Decoded(decoded.pixels, (decoded.extra.sha256, image_fingerprint(decoded.extra.display)))
 
     probabilities: dict[int, float] = {}
+    distances: dict[int, float | None] = {}
     hashes: dict[int, tuple[str, str]] = {}
     skipped: list[dict[str, str]] = []
-    for outcome in predict(range(len(labelled.files)), decode, loaded.probabilities,
+    for outcome in predict(range(len(labelled.files)), decode, loaded.scores,
                            batch_size=batch_size, stop=stop, progress=progress):
         if outcome.failure is not None:
             skipped.append({"path": labelled.files[outcome.item].relpath,
                             "status": outcome.failure.status, "reason": outcome.failure.reason})
         else:
-            probabilities[outcome.item] = float(outcome.output)
+            probabilities[outcome.item], distances[outcome.item] = outcome.output
             hashes[outcome.item] = outcome.extra
     if stop.asked:
         raise Stopped("the evaluation was stopped; nothing was written")
     order = sorted(probabilities)
     if not order:
         raise DataError(f"No image in {labelled.root} could be read.")
+    checked = loaded.familiarity is not None
     raw = np.array([probabilities[i] for i in order])
     return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order], loaded.calibrate(raw), raw,
-                  tuple(skipped), copies_of_training([hashes[i] for i in order], loaded.card.training_images))
+                  tuple(skipped), copies_of_training([hashes[i] for i in order], loaded.card.training_images),
+                  np.array([distances[i] for i in order], dtype=float) if checked else None)
 
 
 def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -> np.ndarray:
@@ -194,6 +202,7 @@ def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation)
         "copies_of_training": len(evaluation.copies_of_training),
         "copies_of_training_files": list(evaluation.copies_of_training),
         "metrics_without_copies": evaluation.metrics_without_copies,
+        "unfamiliar": evaluation.unfamiliar,
     }
 
 
@@ -213,10 +222,14 @@ def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, st
 def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "probability", "raw_probability", "predicted"])
-    for item, probability, raw in zip(scores.files, scores.probabilities, scores.raw_probabilities):
+    writer.writerow(["path", "label", "probability", "raw_probability", "predicted", "ood_distance",
+                     "unfamiliar"])
+    distances = scores.distances if scores.distances is not None else [None] * len(scores.files)
+    for item, probability, raw, distance in zip(scores.files, scores.probabilities, scores.raw_probabilities,
+                                                distances):
+        familiarity = ["", ""] if distance is None else [f"{distance:.6f}", str(distance > 1).lower()]
         writer.writerow([item.relpath, labelled.class_names[item.label], f"{probability:.6f}", f"{raw:.6f}",
-                         labelled.class_names[int(probability >= threshold)]])
+                         labelled.class_names[int(probability >= threshold)], *familiarity])
     return buffer.getvalue()
 
 

@@ -183,6 +183,27 @@ class TrainingImages:
 
 
 @dataclass(frozen=True)
+class FamiliarityCheck:
+    """How the model tells an unfamiliar image (:mod:`triage.model.familiarity`), and its false alarms.
+
+    ``validation`` holds :func:`triage.labelled.metrics.wilson` of the validation images called
+    unfamiliar: value, 95% interval and n.
+    """
+
+    method: str
+    neighbours: int
+    quantile: float
+    feature_threshold: float
+    statistics_threshold: float
+    combined_threshold: float
+    n_images: int
+    n_entries: int
+    file: str
+    sha256: str
+    validation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything known about a trained model (``schema_version`` :data:`CARD_SCHEMA_VERSION`).
 
@@ -217,6 +238,7 @@ class ModelCard:
                           "vgg19 caffe preprocess_input inside the model")
     model_file: str = MODEL_FILE
     warning: str | None = None
+    familiarity: FamiliarityCheck | None = None  # None: trained before the check existed
     schema_version: int = CARD_SCHEMA_VERSION
 
     def metric(self, name: str) -> tuple[float, float, float, int] | None:

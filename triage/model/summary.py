@@ -30,6 +30,8 @@ class ModelSummary:
     threshold_source: str = "default"  # default, fixed, certified (or out-of-fold, older models)
     device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
     precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
+    familiarity: str = "none"  # "checked", "off" (--no-familiarity) or "none" (a model without an index)
+    val_unfamiliar: tuple[float, float, float, int] | None = None  # validation images called unfamiliar
     certified: str | None = None  # what a certified threshold promises, in one sentence
     calibration: str = ""  # how probabilities were calibrated, or why they are not, in one sentence
     calibration_sha256: str | None = None  # of calibration.json; None without one
@@ -40,7 +42,8 @@ class ModelSummary:
 
 
 def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
-                  device: str = "cpu", calibration_sha256: str | None = None) -> ModelSummary:
+                  device: str = "cpu", familiarity: str = "none",
+                  calibration_sha256: str | None = None) -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -52,9 +55,17 @@ def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: s
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
         threshold_source=card.threshold_source, precision=precision, device=device,
+        familiarity=familiarity, val_unfamiliar=_proportion(card.familiarity.validation)
+        if card.familiarity and card.familiarity.validation else None,
         certified=certified_sentence(card), calibration=calibration_sentence(card),
         calibration_sha256=calibration_sha256,
     )
+
+
+def _proportion(found: dict) -> tuple[float, float, float, int] | None:
+    if found.get("value") is None:
+        return None
+    return (found["value"], found["ci_low"], found["ci_high"], found["n"])
 
 
 def certified_sentence(card: ModelCard) -> str | None:

@@ -96,6 +96,12 @@ class CamQueue:
         if len(self.pending) >= self.size:
             self.flush()
 
+    def show(self, kept: Kept) -> None:
+        """The slice's display copy alone, for a report card without a heat map."""
+        part = "" if kept.row.slice_index is None else f"-{kept.row.slice_index}"
+        original = self.writer.submit_image(kept.image.sha256, kept.image.display, part)
+        self.rows[kept.row.key] = replace(self.rows[kept.row.key], original=original)
+
     def flush(self) -> None:
         """Heat maps for the pending slices; a map that is not finite leaves its row without one, noted."""
         if not self.pending:
@@ -121,7 +127,13 @@ class InFlight:
     remaining: int
     top_k: int
     probabilities: list[float] = field(default_factory=list)
+    familiarity: list[bool] = field(default_factory=list)  # each checked slice: unfamiliar?
     top: list[Kept] = field(default_factory=list)
+
+    @property
+    def unfamiliar(self) -> bool:
+        """Most of its checked slices are unfamiliar (as :func:`triage.scan.verdicts.case_verdict`)."""
+        return 2 * sum(self.familiarity) > len(self.familiarity) > 0
 
     def offer(self, row: Row, image: ScanImage, activation: np.ndarray) -> None:
         """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
@@ -174,11 +186,13 @@ class CaseScorer:
         self.decode = SliceDecoder(model.image_size, display=writer is not None)
         self.in_flight: dict[str, InFlight] = {}
 
-    def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None]]:
-        """Each row's raw network output and, when heat maps may be made, its activations."""
-        activations, probabilities = self.model.predict(batch)
+    def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None, float | None]]:
+        """Each row's raw network output, its activations when heat maps may be made, its ``ood_distance``."""
+        activations, probabilities, distances = self.model.score(batch)
         kept = np.asarray(activations) if self.cams is not None else None
-        return [(float(p), None if kept is None else kept[row]) for row, p in enumerate(probabilities[:n])]
+        far = [None] * n if distances is None else [float(d) for d in distances[:n]]
+        return [(float(p), None if kept is None else kept[i], far[i])
+                for i, p in enumerate(probabilities[:n])]
 
     def take(self, outcome: Outcome[Job]) -> None:
         """Record a slice's row; finish its case when it was the last."""
@@ -189,6 +203,8 @@ class CaseScorer:
         flight.remaining -= 1
         if row.ok and row.probability is not None:
             flight.probabilities.append(row.probability)
+            if row.unfamiliar is not None:
+                flight.familiarity.append(row.unfamiliar)
             if self.cams is not None:
                 image, activation = outcome.extra, outcome.output[1]
                 if self.explain == "all":
@@ -212,6 +228,8 @@ class CaseScorer:
         if case_score(flight.probabilities, self.aggregate, self.top_k) >= self.threshold:
             for kept in flight.top:
                 self.cams.add(kept)
+        elif flight.unfamiliar and flight.top:
+            self.cams.show(flight.top[0])  # shown as it is: a heat map explains a score not trusted
 
     def _row(self, outcome: Outcome[Job]) -> Row:
         job = outcome.item
@@ -223,12 +241,13 @@ class CaseScorer:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
-        raw = outcome.output[0]  # the network's output, from either engine
+        raw, _, distance = outcome.output  # the network's output, from either engine
         probability = float(self.model.calibrate(raw))
         image: ScanImage = outcome.extra
         return Row(item.relpath, "ok", sha256=image.sha256, probability=probability, raw_probability=raw,
                    flagged=probability >= self.threshold, width=image.width, height=image.height,
-                   format=image.format, **fields)
+                   format=image.format, ood_distance=distance,
+                   unfamiliar=None if distance is None else distance > 1.0, **fields)
 
 
 def _slice_cost(job: Job) -> int:

@@ -44,6 +44,7 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
             "batch_size": options.batch_size, "device": model.summary.device,
             "precision": model.summary.precision, "group_by": options.group_by,
+            "familiarity": model.card.familiarity.sha256 if model.familiarity is not None else None,
             "aggregate": options.aggregate, "top_k": options.top_k, "modalities": list(options.modalities),
             "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
@@ -54,13 +55,13 @@ _ROW_TYPES: dict[str, type] = {
     "raw_probability": float,
     "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
-    "copy_of": str, "heatmap_note": str,
+    "copy_of": str, "heatmap_note": str, "ood_distance": float, "unfamiliar": bool,
 }
 _ROW_NAMES = frozenset(f.name for f in dataclasses.fields(Row))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
 _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
-                           "raw_probability"})
+                           "ood_distance", "unfamiliar", "raw_probability"})
 
 
 def _check_row(row: Any, heatmap_folder: str) -> Row:

@@ -24,7 +24,7 @@ from triage.errors import UsageError
 from triage.hooks import RunHooks
 from triage.labelled.calibration import before_and_after
 from triage.labelled.dataset import LabelledSet, index_labelled, split
-from triage.labelled.metrics import binary_metrics
+from triage.labelled.metrics import binary_metrics, wilson
 from triage.model.calibration import CALIBRATION_FILE, write_calibration
 from triage.model.card import (
     CURVES_FILE,
@@ -36,6 +36,7 @@ from triage.model.card import (
     ClassCounts,
     ClassNames,
     CrossValidation,
+    FamiliarityCheck,
     FeatureStats,
     Hyperparameters,
     ModelCard,
@@ -46,6 +47,7 @@ from triage.model.card import (
     models_root,
     write_card,
 )
+from triage.model.familiarity import FAMILIARITY_FILE, METHOD, Familiarity
 from triage.model.network import (
     CAM_LAYER,
     BackboneWeights,
@@ -133,10 +135,27 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
     rows = split_rows(labelled, extracted, config.split, config.val_split, config.seed)
     head, history, metrics = _fit_and_measure(extracted, rows, config, hooks.on_epoch, hooks.should_stop)
+    familiarity, index_bytes = _familiarity(extracted, rows)
     card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
-                       metrics, cache)
-    _write_model_folder(out_dir, assemble(extractor, head), card, metrics.reliability)
+                       metrics, cache, familiarity)
+    _write_model_folder(out_dir, assemble(extractor, head), card, index_bytes, metrics.reliability)
     return TrainResult(out_dir, card)
+
+
+def _familiarity(extracted: Features, rows: SplitRows) -> tuple[FamiliarityCheck, bytes]:
+    """The familiarity index of the training part, and how many validation images it calls unfamiliar."""
+    x, stats = extracted.vectors, extracted.statistics
+    groups = np.asarray(rows.copies.group_of)
+    index = Familiarity.fit(x[rows.train], stats[rows.train], groups[rows.train])
+    unfamiliar = int((index.distances(x[rows.val], stats[rows.val]) > 1).sum()) if len(rows.val) else 0
+    data = index.to_bytes()
+    record = FamiliarityCheck(
+        method=METHOD, neighbours=index.neighbours, quantile=index.quantile,
+        feature_threshold=index.feature_threshold, statistics_threshold=index.statistics_threshold,
+        combined_threshold=index.combined_threshold, n_images=index.n_images, n_entries=len(index.entries),
+        file=FAMILIARITY_FILE, sha256=hashlib.sha256(data).hexdigest(),
+        validation=wilson(unfamiliar, len(rows.val)))
+    return record, data
 
 
 @dataclass(frozen=True)
@@ -181,7 +200,7 @@ def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
 def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
                 labelled: LabelledSet, extracted: Features, rows: SplitRows,
                 history: dict[str, list[float]], measured: Measured,
-                cache: FeatureCache | None) -> ModelCard:
+                cache: FeatureCache | None, familiarity: FamiliarityCheck) -> ModelCard:
     return ModelCard(
         model_id=model_id,
         tool_version=__version__,
@@ -217,6 +236,7 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
                               from_cache=extracted.from_cache,
                               cache=str(cache.path) if cache else None, precision=config.precision),
+        familiarity=familiarity,
     )
 
 
@@ -235,10 +255,10 @@ def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) 
     )
 
 
-def _write_model_folder(out_dir: Path, model: Any, card: ModelCard,
+def _write_model_folder(out_dir: Path, model: Any, card: ModelCard, familiarity: bytes,
                         reliability: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    """model.keras, its calibration map, the curves, the reliability diagram and the card into a
-    temporary folder, renamed into place."""
+    """model.keras, its calibration map, the familiarity index, the curves, the reliability diagram
+    and the card into a temporary folder, renamed into place."""
     from triage.report.charts import reliability_diagram, training_curves
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +267,7 @@ def _write_model_folder(out_dir: Path, model: Any, card: ModelCard,
         model.save(staging / MODEL_FILE)
         if card.calibration and card.calibration.fitted:
             write_calibration(card.calibration.fitted, staging)
+        (staging / FAMILIARITY_FILE).write_bytes(familiarity)
         training_curves(card.history, staging / CURVES_FILE, title=out_dir.name)
         if card.calibration:
             reliability_diagram(*reliability, staging / RELIABILITY_FILE,
