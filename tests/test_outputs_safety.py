@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,13 +66,81 @@ def test_log_file_inside_the_input_folder_is_refused_before_it_is_opened(
     assert not (folder / "triage.log").exists() and not (tmp_path / "r.html").exists()
 
 
-def test_log_file_inside_the_model_folder_is_refused(tmp_path: Path, folder: Path,
-                                                     trained_model: Path) -> None:
-    log_file = trained_model / "scan.log"
-    result = scan(folder, trained_model, "--out", str(tmp_path / "r.html"), "--log-file", str(log_file))
-    log_file.unlink(missing_ok=True)  # it was opened before the model was known
-    assert result.exit_code == EXIT_USAGE and "inside the model folder" in result.output
-    assert not (tmp_path / "r.html").exists()
+@pytest.fixture
+def own_model(tmp_path: Path, trained_model: Path) -> Path:
+    """A copy of the trained model that a test may find damaged."""
+    return Path(shutil.copytree(trained_model, tmp_path / "models" / "model"))
+
+
+def labelled(root: Path) -> Path:
+    rng = np.random.default_rng(5)
+    for label in ("yes", "no"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(blob_image(rng, label == "yes")).save(root / label / f"{label}{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("command", ["scan", "evaluate", "train"])
+@pytest.mark.parametrize("target", ["model_card.json", "model.keras", "notes.log"])
+def test_a_log_file_in_a_model_folder_is_refused_before_it_is_opened(
+        tmp_path: Path, folder: Path, own_model: Path, command: str, target: str) -> None:
+    """Whichever command, and whether or not it uses that model: the model's files stay as they were."""
+    before = snapshot(own_model)
+    log_file = own_model / target
+    if command == "scan":
+        args = ["scan", str(folder), "--out", str(tmp_path / "r.html"), "--model", str(own_model)]
+    elif command == "evaluate":
+        args = ["evaluate", str(labelled(tmp_path / "data")), "--out", str(tmp_path / "eval"),
+                "--model", str(own_model)]
+    else:
+        args = ["train", str(labelled(tmp_path / "data")), "--out", str(tmp_path / "new-model"),
+                "--backbone-weights", "random", "--image-size", "32", "--epochs", "1"]
+    result = CliRunner().invoke(main, [*args, "--log-file", str(log_file), "--quiet"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "model folder" in result.output and "(--log-file)" in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(own_model) == before and (target != "notes.log" or not log_file.exists())
+    assert not any((tmp_path / name).exists() for name in ("r.html", "eval", "new-model"))
+
+
+@pytest.mark.parametrize("out, words", [
+    ("{model}", "inside the model folder"),
+    ("{model}/evaluation", "inside the model folder"),
+    ("{model_parent}", "would hold the model"),
+    ("{data}/evaluation", "inside the data folder"),
+    ("{data}/yes/evaluation", "inside the data folder"),
+    ("{tmp}", "would hold the data folder"),
+])
+def test_evaluate_never_writes_in_or_over_the_model_or_the_data(
+        tmp_path: Path, own_model: Path, out: str, words: str) -> None:
+    data = labelled(tmp_path / "data")
+    before = snapshot(own_model, data)
+    path = out.format(model=own_model, model_parent=own_model.parent, data=data, tmp=tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--model", str(own_model), "--out", path,
+                                       "--force", "--quiet"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert words in result.output and "(--out)" in result.output and "Traceback" not in result.output
+    assert snapshot(own_model, data) == before
+    assert sorted(p.name for p in data.rglob("*")) == ["no", "no0.png", "no1.png",
+                                                       "yes", "yes0.png", "yes1.png"]
+
+
+def test_evaluate_force_replaces_an_earlier_evaluation_only(tmp_path: Path, own_model: Path) -> None:
+    data = labelled(tmp_path / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    args = ["evaluate", str(data), "--model", str(own_model), "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--out", str(mine), "--force"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "thesis.txt" in result.output and (mine / "thesis.txt").read_text() == "years of work"
+
+    earlier = tmp_path / "earlier"
+    assert CliRunner().invoke(main, [*args, "--out", str(earlier)]).exit_code == EXIT_OK
+    first = (earlier / "run.json").read_bytes()
+    assert CliRunner().invoke(main, [*args, "--out", str(earlier), "--force"]).exit_code == EXIT_OK
+    assert (earlier / "run.json").read_bytes() != first
 
 
 def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, trained_model: Path) -> None:

@@ -65,8 +65,8 @@ def error_message(error: TriageError) -> str:
     return f"{text.rstrip('.')} ({flag})."
 
 
-def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, input_dir: Path) -> None:
-    """Console and log-file handlers; a log file inside ``input_dir`` is refused before it is opened."""
+def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, check_writes: WritesCheck) -> None:
+    """Console and log-file handlers; the log file is checked like an output before it is opened."""
     from triage.quiet import silence_libraries
 
     log.setLevel(logging.INFO)
@@ -77,14 +77,49 @@ def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, input_dir:
     console.setFormatter(logging.Formatter("triage: %(message)s"))
     log.addHandler(console)
     if log_file:
-        from triage.scan.run import check_writes
-
-        check_writes([("the log file", "log_file", log_file)], input_dir, None)
+        check_writes([("the log file", "log_file", log_file)])
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
     silence_libraries(verbose, log_file)  # before TensorFlow is imported
+
+
+# Checks a command's outputs, given the log file's entry (what, option, path), before anything is opened.
+WritesCheck = Callable[[list[tuple[str, str, Path]]], None]
+
+
+def _train_writes(data_dir: Path, out: Path | None) -> WritesCheck:
+    def check(logs: list[tuple[str, str, Path]]) -> None:
+        from triage.model.loading import check_run_writes
+
+        model = [("the model folder", "out", out)] if out else []
+        check_run_writes(logs + model, ("the data folder", data_dir))
+
+    return check
+
+
+def _evaluate_writes(data_dir: Path, out: Path | None, model: str | None) -> WritesCheck:
+    def check(logs: list[tuple[str, str, Path]]) -> None:
+        from triage.evaluate.evaluation import evaluation_folder
+        from triage.model.loading import check_run_writes, find_model
+
+        folder = find_model(model)
+        written = [("the evaluation folder", "out", evaluation_folder(out, folder))]
+        check_run_writes(logs + written, ("the data folder", data_dir), folder)
+
+    return check
+
+
+def _scan_writes(input_dir: Path, out: Path, csv: Path | None, model: str | None) -> WritesCheck:
+    def check(logs: list[tuple[str, str, Path]]) -> None:
+        from triage.model.loading import check_run_writes, find_model
+        from triage.scan.run import OutputPaths
+
+        written = OutputPaths.for_report(out, csv).written()
+        check_run_writes(written + logs, ("the input folder", input_dir), find_model(model))
+
+    return check
 
 
 def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
@@ -178,11 +213,12 @@ def _interactive(quiet: bool) -> bool:
 class CommandRun:
     """What every command does around its library call: logging, the stop flag, progress, the summary."""
 
-    def __init__(self, quiet: bool, log_file: Path | None, verbose: bool, input_dir: Path, desc: str) -> None:
+    def __init__(self, quiet: bool, log_file: Path | None, verbose: bool, check_writes: WritesCheck,
+                 desc: str) -> None:
         self.started = monotonic()
         self.quiet = quiet
         self.interactive = _interactive(quiet)
-        _setup_logging(quiet, log_file, verbose, input_dir)
+        _setup_logging(quiet, log_file, verbose, check_writes)
         self.stop = _StopFlag()
         self.stop.install()
         self.bar = Progress(self.interactive, desc=desc)
@@ -308,7 +344,7 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
     Example:
       triage train ../brain_tumor_dataset --epochs 30
     """
-    run = CommandRun(quiet, log_file, verbose, data_dir, desc="features")
+    run = CommandRun(quiet, log_file, verbose, _train_writes(data_dir, out), desc="features")
     from triage.train.training import TrainConfig, train_model
 
     log.info("train %s", data_dir)
@@ -421,7 +457,8 @@ def evaluate(data_dir: Path, out: Path | None, quiet: bool, log_file: Path | Non
     Example:
       triage evaluate ./labelled_folder --model models/vgg19-20261125-101500-ab12cd
     """
-    run = CommandRun(quiet, log_file, verbose, data_dir, desc="evaluate")
+    run = CommandRun(quiet, log_file, verbose, _evaluate_writes(data_dir, out, settings_.get("model")),
+                     desc="evaluate")
     from triage.evaluate.evaluation import evaluate_model
 
     try:
@@ -535,7 +572,7 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
     Example:
       triage scan ./incoming --out reports/report.pdf
     """
-    run = CommandRun(quiet, log_file, verbose, input_dir, desc="scan")
+    run = CommandRun(quiet, log_file, verbose, _scan_writes(input_dir, out, csv_path, model), desc="scan")
     from triage.scan.run import run_scan
 
     log.info("scan %s -> %s", input_dir, out)

@@ -29,7 +29,7 @@ from triage.labelled.copies import image_fingerprint, near_matches
 from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
 from triage.labelled.metrics import binary_metrics, wilson
 from triage.model.card import TrainingImages, check_threshold, read_card
-from triage.model.loading import find_model
+from triage.model.loading import check_run_writes, find_model
 from triage.model.summary import ModelSummary
 from triage.outputs.atomic import atomic_write_text
 from triage.results.run_record import RUN_FILE, run_record
@@ -37,6 +37,7 @@ from triage.versions import library_versions
 
 OUTPUTS = {"metrics": "metrics.json", "predictions": "predictions.csv", "roc_curve": "roc_curve.png",
            "confusion_matrix": "confusion_matrix.png"}
+EVALUATION_FILES = frozenset([*OUTPUTS.values(), RUN_FILE])
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     labelled = index_labelled(Path(data_dir), positive, seed=None)
     folder = find_model(model)
-    out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{read_card(folder).model_id}")
-    _check_out_dir(out_dir, force)  # before the model is loaded: a refusal should not wait for it
+    out_dir = evaluation_folder(out_dir, folder)
+    # Before the model is loaded: a refusal should not wait for it.
+    check_run_writes([("the evaluation folder", "out", out_dir)], ("the data folder", Path(data_dir)), folder)
+    _check_out_dir(out_dir, force)
     loaded = load_for_inference(folder, device, precision=precision)
     threshold = loaded.threshold(threshold)
     hooks.on_start(len(labelled.files))
@@ -126,12 +129,33 @@ def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold
                       scores.skipped, copies, clean, unfamiliar)
 
 
+def evaluation_folder(out_dir: Path | None, model_folder: Path) -> Path:
+    """Where an evaluation goes: ``out_dir``, else ``./evaluation-<model id>``."""
+    return Path(out_dir) if out_dir else Path(f"evaluation-{read_card(model_folder).model_id}")
+
+
 def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """An existing folder is replaced only when asked to, and only when it holds an earlier evaluation."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} exists and is not a folder.", option="out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    held = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not held:
+        return
+    if not force:
         raise UsageError(f"{out_dir} already holds files (an earlier evaluation?); choose another "
                          f"folder or replace it.", option="force")
+    foreign = [name for name in held if name not in EVALUATION_FILES]
+    if foreign or not _is_evaluation(out_dir / RUN_FILE):
+        what = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "") if foreign else "no run.json"
+        raise UsageError(f"{out_dir} holds more than an earlier evaluation ({what}): only an evaluation "
+                         f"is replaced; choose another folder.", option="out")
+
+
+def _is_evaluation(run_file: Path) -> bool:
+    try:
+        return json.loads(run_file.read_text(encoding="utf-8")).get("command") == "evaluate"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: int, stop: Stop,
