@@ -259,7 +259,7 @@ def test_a_dicomdir_is_not_scored(tmp_path: Path) -> None:
 
 
 def test_files_too_large_and_loose_images_are_told_apart(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("triage.inputs.dicom_series.MAX_PIXELS", 64 * 64 - 1)
+    monkeypatch.setattr("triage.inputs.dicom.MAX_PIXELS", 64 * 64 - 1)
     mr_slice(tmp_path / "big.dcm", study=generate_uid(), series=generate_uid())
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.full((5, 6, 3), 90, dtype=np.uint8)).save(tmp_path / "scan.png")
@@ -296,10 +296,14 @@ def test_the_same_volume_in_two_orientations_gives_the_same_slices(tmp_path: Pat
         np.testing.assert_array_equal(decode_slice(a, ras), decode_slice(b, other))
 
 
-def test_a_4d_nifti_is_refused_with_its_reason(tmp_path: Path) -> None:
-    write_nifti(tmp_path / "bold.nii", np.zeros((4, 4, 4, 2), dtype=np.int16), np.eye(4))
+@pytest.mark.parametrize("shape, words", [((4, 4, 4, 2), "a 4D volume (4x4x4x2)"),
+                                          ((4, 4, 4, 2, 3), "a 5D volume (4x4x4x2x3)"),
+                                          ((4, 4, 4, 1, 3), "a 5D volume (4x4x4x1x3)")])
+def test_a_volume_of_more_dimensions_is_refused_with_its_own(tmp_path: Path, shape: tuple,
+                                                             words: str) -> None:
+    write_nifti(tmp_path / "bold.nii", np.ones(shape, dtype=np.int16), np.eye(4))
     [case] = cases_of(tmp_path)
-    assert (case.kind, case.status, case.reason) == ("volume", "unsupported", "4D volume")
+    assert (case.kind, case.status) == ("volume", "unsupported") and case.reason.startswith(words)
 
 
 def test_case_scores_equal_hand_computed_values() -> None:

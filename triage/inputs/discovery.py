@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.errors import UsageError
+from triage.errors import Stopped, UsageError
 
 # Files that operating systems and file managers leave behind; never images.
 JUNK_NAMES: frozenset[str] = frozenset({
@@ -53,7 +53,7 @@ class FoundFile:
     mtime_ns: int | None = None
 
 
-def discover(root: Path) -> Iterator[FoundFile]:
+def discover(root: Path, should_stop: Callable[[], bool] | None = None) -> Iterator[FoundFile]:
     """Walk ``root`` recursively and list every file found, sorted by relpath.
 
     Directory symlinks are not followed (so a walk cannot loop); hidden and
@@ -62,12 +62,14 @@ def discover(root: Path) -> Iterator[FoundFile]:
 
     Args:
         root: The input folder.
+        should_stop: Polled for each folder listed; True stops with :class:`~triage.errors.Stopped`.
 
     Returns:
         An iterator over one :class:`FoundFile` per entry, in ``relpath`` order.
 
     Raises:
         UsageError: ``root`` is not a folder that can be listed.
+        Stopped: a stop was asked for.
     """
     base = Path(os.path.abspath(root))
     if not base.is_dir():
@@ -76,6 +78,8 @@ def discover(root: Path) -> Iterator[FoundFile]:
     rows: list[FoundFile] = []
     pending: list[tuple[Path, str]] = [(base, "")]  # a stack, not recursion: trees can be deep
     while pending:
+        if should_stop is not None and should_stop():
+            raise Stopped("the scan was stopped while it listed the files; no output was changed")
         folder, prefix = pending.pop()
         try:
             with os.scandir(folder) as listing:
