@@ -160,6 +160,39 @@ def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, traine
 # --------------------------------------------------------------------------- incremental runs
 
 
+@pytest.mark.parametrize("change", [
+    {}, {"top_k": 2}, {"aggregate": "topk"}, {"group_by": "file"}, {"modalities": ("MR", "CT")},
+    {"explain": "all"}, "decoder",
+])
+def test_every_setting_that_changes_a_row_or_a_case_rescans(
+        tmp_path: Path, folder: Path, trained_model: Path, change: object) -> None:
+    """Rows are reused only from a run with the same settings; a run with other ones rescans all."""
+    import dataclasses
+    import json
+
+    from test_series import mr_slice
+
+    from triage.scan.folder import ScanOptions
+    from triage.scan.run import run_scan
+
+    for i in range(3):
+        mr_slice(folder / "series" / f"IM{i}", study="1.2.3", series="1.2.3.4", z=i)
+    out = tmp_path / "out" / "r.html"
+    first, _ = run_scan(folder, out, model=trained_model)
+    assert first.scored_this_run == first.scored == 7
+    options = ScanOptions()
+    if change == "decoder":  # the state of a run whose decoder gave other pixels
+        state = out.parent / ".r.state.json"
+        saved = json.loads(state.read_text())
+        saved["settings"]["decoder"] = -1
+        state.write_text(json.dumps(saved))
+    else:
+        options = dataclasses.replace(options, **change)
+    again, _ = run_scan(folder, out, model=trained_model, options=options)
+    assert again.scored_this_run == (0 if change == {} else again.scored)
+    assert again.scored >= 7
+
+
 def test_failed_rows_are_scored_again_in_an_incremental_run(
         tmp_path: Path, folder: Path, trained_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file that could not be read once (a decoder missing, a permission) is tried again."""
@@ -213,6 +246,23 @@ def test_phases_are_reported_in_order(tmp_path: Path, folder: Path, trained_mode
     phases: list[str] = []
     run_scan(folder, tmp_path / "r.html", model=trained_model, hooks=RunHooks(on_phase=phases.append))
     assert phases == ["scanning", "writing", "written"]
+
+
+@pytest.mark.parametrize("full", [True, False])  # False: every case is carried over, nothing to score
+def test_a_stop_while_the_files_are_listed_and_sorted_changes_no_output(
+        tmp_path: Path, folder: Path, trained_model: Path, full: bool) -> None:
+    from triage.errors import Stopped
+    from triage.scan.run import run_scan
+
+    out = tmp_path / "out" / "r.html"
+    run_scan(folder, out, model=trained_model)
+    before = {path: data for path, data in snapshot(out.parent).items() if path.name != ".triage.lock"}
+    phases: list[str] = []
+    stopped_once_scanning = RunHooks(should_stop=lambda: "scanning" in phases, on_phase=phases.append)
+    with pytest.raises(Stopped, match="no output was changed"):
+        run_scan(folder, out, model=trained_model, full=full, hooks=stopped_once_scanning)
+    after = {path: data for path, data in snapshot(out.parent).items() if path.name != ".triage.lock"}
+    assert after == before and phases == ["scanning"]
 
 
 # The scan of the SIGTERM test below. Once its outputs are written it waits until the test's SIGTERM
