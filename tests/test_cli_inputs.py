@@ -62,6 +62,22 @@ def test_evaluate_skips_unreadable_files_and_takes_a_threshold(tmp_path: Path, t
     assert sum(r["predicted"] == "yes" for r in rows) == k != flagged_by_card
 
 
+def test_evaluate_counts_and_lists_the_scans_it_does_not_read(tmp_path: Path, trained_model: Path) -> None:
+    from test_series import mr_slice, write_nifti
+
+    data = labelled_folder(tmp_path / "data")
+    write_nifti(data / "yes" / "head.nii.gz", np.arange(64, dtype=np.int16).reshape(4, 4, 4), np.eye(4))
+    mr_slice(data / "no" / "IM0001", study="1.2.3", series="1.2.3.4")  # DICOM without an extension
+    (data / "no" / "notes.txt").write_text("a note")
+    report, rows, output = evaluate(data, trained_model, tmp_path / "eval")
+    not_read = {row["path"]: row["status"] for row in report["data"]["not_read"]}
+    assert not_read == {"yes/head.nii.gz": "skipped", "no/IM0001": "skipped", "no/notes.txt": "unsupported"}
+    assert "yes/head.nii.gz" in output and "no/IM0001" in output and "3 not read" in output
+    assert len(rows) == report["metrics"]["n"] == 10
+    run = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert run["counts"]["not_read"] == 3 and run["counts"]["found"] == 13
+
+
 def test_evaluate_with_other_class_names(tmp_path: Path, trained_model: Path) -> None:
     data = make_blob_dataset(tmp_path / "data", per_class=3, seed=3, positive="tumour",
                              negative="healthy")

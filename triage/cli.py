@@ -477,6 +477,8 @@ def _evaluation_warnings(result: Any) -> list[str]:
     from triage.labelled.metrics import metric_summary
 
     warnings = [f"skipped {row['path']}: {row['reason']}" for row in result.skipped]
+    warnings += [f"not read {row['path']}: {row['reason']}" for row in result.not_read
+                 if row["status"] == "skipped"]  # scans; files that are no images are only counted
     if result.model.random_backbone:
         warnings.append("the model has a RANDOM backbone (tests only); its scores mean nothing.")
     if result.copies_of_training:
@@ -515,7 +517,8 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
     metrics = result.metrics
     cm = metrics["confusion_matrix"]
     return (f"triage evaluate {data_dir}: model {result.model.id}, {metrics['n']} images, "
-            f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
+            f"{len(result.skipped)} skipped, {len(result.not_read)} not read (no 2D image file), "
+            f"{len(result.copies_of_training)} copies of training images; "
             f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
             f"{_unfamiliar_share(result.unfamiliar)}"
             f"threshold {result.threshold:.3f}; precision {result.precision}; "

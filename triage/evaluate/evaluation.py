@@ -50,6 +50,9 @@ class Evaluation:
     metrics: dict[str, Any]  # of :func:`triage.labelled.metrics.binary_metrics`, with n and intervals
     n_images: int
     skipped: tuple[dict[str, str], ...]  # path, status and reason of each file that could not be read
+    # Path, status and reason of each file not read at all: volumes and DICOM files without an image
+    # extension (``skipped``: `triage scan` reads them), and files that are no images (``unsupported``).
+    not_read: tuple[dict[str, str], ...]
     copies_of_training: tuple[str, ...]  # files that are copies of images the model was trained on
     metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
     unfamiliar: dict[str, Any] | None = None  # share called unfamiliar (false alarms on labelled MRI)
@@ -111,22 +114,25 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
     threshold = loaded.threshold(threshold)
     hooks.on_start(len(labelled.files))
     scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance)
-    evaluation = _evaluation(out_dir, loaded, scores, threshold)
+    evaluation = _evaluation(out_dir, loaded, scores, threshold, labelled)
     manifest = _manifest(evaluation, labelled, batch_size, started, time.perf_counter() - clock)
     _write_folder(out_dir, labelled, scores, _metrics_json(data_dir, labelled, evaluation), manifest)
     return evaluation
 
 
-def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold: float) -> Evaluation:
+def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold: float,
+                labelled: LabelledSet) -> Evaluation:
     fresh = ~scores.copy_of_training
     clean = (binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
              if scores.copy_of_training.any() else None)
     copies = tuple(f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c)
     far = scores.distances
     unfamiliar = None if far is None else wilson(int((far > 1).sum()), len(scores.files))
+    not_read = tuple({"path": path, "status": status, "reason": reason}
+                     for path, status, reason in labelled.ignored)
     return Evaluation(out_dir, loaded.summary, threshold,
                       binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
-                      scores.skipped, copies, clean, unfamiliar)
+                      scores.skipped, not_read, copies, clean, unfamiliar)
 
 
 def evaluation_folder(out_dir: Path | None, model_folder: Path) -> Path:
@@ -211,7 +217,7 @@ def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation)
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"path": str(Path(data_dir).resolve()), "n_images": evaluation.n_images,
                  "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
-                 "skipped": list(evaluation.skipped)},
+                 "skipped": list(evaluation.skipped), "not_read": list(evaluation.not_read)},
         "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
                   "backbone_weights": model.backbone_weights},
         "metrics": evaluation.metrics,
@@ -225,7 +231,8 @@ def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation)
 def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, started: dt.datetime,
               seconds: float) -> dict[str, Any]:
     """The content of ``run.json``, written last (see :mod:`triage.results.run_record`)."""
-    counts = {"found": len(labelled.files), "scored": evaluation.n_images, "skipped": len(evaluation.skipped),
+    counts = {"found": len(labelled.files) + len(labelled.ignored), "scored": evaluation.n_images,
+              "skipped": len(evaluation.skipped), "not_read": len(evaluation.not_read),
               "copies_of_training": len(evaluation.copies_of_training)}
     finished = dt.datetime.now(dt.timezone.utc)
     return run_record("evaluate", evaluation.model, threshold=evaluation.threshold,

@@ -237,7 +237,7 @@ def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) 
         n_images=len(extracted.indices),
         n_indexed=len(labelled.files),
         skipped=skipped,
-        ignored=tuple(SkippedFile(p, r) for p, r in labelled.ignored),
+        ignored=tuple(SkippedFile(path, reason) for path, _, reason in labelled.ignored),
     )
 
 
