@@ -150,8 +150,9 @@ def main() -> int:
         for n, folder in series.items():
             seconds, sent[n] = series_per_slice(folder, args.image_size)
             per_slice[n].append(seconds)
+        slices = ", ".join(f"{n}: {C.fmt_s(v[-1])}" for n, v in per_slice.items())
         print(f"  repeat {r + 1}: bomb planned in {C.fmt_s(plans['bomb'][-1])} ({total} rows); per slice "
-              + ", ".join(f"{n}: {C.fmt_s(v[-1])}" for n, v in per_slice.items()), file=sys.stderr, flush=True)
+              f"{slices}", file=sys.stderr, flush=True)
     plan_bomb, plan_one = C.median(plans["bomb"]), C.median(plans["ordinary"])
     results["plan"] = plan_bomb <= args.plan_target
     rows.append(["plan: bomb vs one ordinary file", C.fmt_s(plan_bomb), C.fmt_s(plan_one),
