@@ -542,7 +542,8 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
 @click.option("--top-k", type=click.IntRange(min=1), default=settings.TOP_K, show_default=True,
               help="Slices in a topk score, and slices of a flagged case shown with heat maps.")
 @click.option("--modality", default=",".join(settings.MODALITIES), show_default=True, metavar="LIST",
-              help="DICOM modalities to score, comma-separated (e.g. MR,OT); others are skipped.")
+              help="DICOM modalities to score, comma-separated (e.g. MR,OT; NONE: images whose header names "
+                   "none); others are skipped.")
 @device_option
 @precision_option
 @choice("--engine", settings.ENGINES,
