@@ -75,6 +75,20 @@ def test_frames_beyond_a_short_per_frame_sequence_are_kept(tmp_path: Path) -> No
     assert len({slice_.key for slice_ in slices}) == 4
 
 
+def test_two_stacks_of_one_file_are_not_copies_of_each_other(tmp_path: Path) -> None:
+    """Their rows share the file's sha256, but not their frames: each keeps its own card."""
+    from triage.results.records import Row
+    from triage.scan.verdicts import verdicts
+
+    two_stack_file(tmp_path / "enhanced")
+    plan = plan_scan(list(discover(tmp_path)), {}, tmp_path)
+    rows = [Row(slice_.relpath, "ok", sha256="a" * 64, probability=0.5, case_id=case.case_id,
+                slice_index=slice_.slice_index, frame=slice_.frame)
+            for case in plan.cases for slice_ in case.slices]
+    summaries, _ = verdicts(plan.cases, rows, 0.5, "max", 3)
+    assert len(summaries) == 2 and all(s.copy_of is None and not s.copies for s in summaries)
+
+
 # --- one case per series and study -----------------------------------------------------------------
 
 

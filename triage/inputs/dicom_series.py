@@ -21,11 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from triage.errors import ImageLoadError, short_reason
 from triage.inputs.dicom import DICOM_DEFER_BYTES, check_pixel_data, check_size, deflated_header
 from triage.inputs.discovery import FoundFile
-from triage.inputs.formats import DICOM_FIRST_GROUPS
+from triage.inputs.formats import DICOM_FIRST_GROUPS, HEAD_BYTES
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Functional groups of an enhanced multi-frame file that describe one frame.
@@ -45,6 +46,8 @@ _ORTHOGONAL_COS = 0.5
 ORIENTATION_TOLERANCE = 1e-3
 # Bytes decoding one sample may hold: its stored value, and float64 values before the window.
 _BYTES_PER_SAMPLE = 16
+# Compressed bytes read to check a deflated data set's header before pydicom inflates it whole.
+_DEFLATED_HEAD_BYTES = 1 << 20
 # Value representations whose length field takes 4 bytes after 2 reserved ones (explicit VR).
 _LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 
@@ -110,10 +113,12 @@ def read_header(path: Path) -> Header | None:
     """
     try:
         with open(path, "rb") as handle:
-            head = handle.read(1 << 20)
+            head = handle.read(HEAD_BYTES)
             if head[128:132] != b"DICM" and head[:2] not in DICOM_FIRST_GROUPS:
                 return None
-            deflated = deflated_header(head)
+            deflated = None
+            if DeflatedExplicitVRLittleEndian.encode() in head:  # the file meta names the syntax
+                deflated = deflated_header(head + handle.read(_DEFLATED_HEAD_BYTES))
             if deflated is not None and is_image(deflated):
                 check_size(deflated)
             handle.seek(0)

@@ -51,14 +51,17 @@ def is_nifti(path: Path) -> bool:
     ``.nii.gz`` whose content is too short or too damaged to tell is one too,
     unless it starts like another image format.
     """
-    start = head = b""
     try:
         with open(path, "rb") as raw:
             start = raw.read(HEAD_BYTES)
-        with _open(path) as handle:
-            head = handle.read(_HEAD_BYTES)
-    except (OSError, EOFError, zlib.error):
-        pass  # too short or too damaged to tell by content
+    except OSError:
+        return False  # the file's own row says why it cannot be read
+    head = start
+    if start[:2] == _GZIP_MAGIC:
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(start, _HEAD_BYTES)
+        except zlib.error:
+            head = b""  # too damaged to tell by content
     if _nifti_class(head) is not None:
         return True
     return path.name.lower().endswith(NIFTI_SUFFIXES) and not has_image_signature(start)
