@@ -15,7 +15,17 @@ from pydicom.uid import generate_uid
 
 from triage.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.results.tables import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
-from triage.testing import blob_image, mr_slice, write_nifti, write_series, write_volume
+from triage.testing import (
+    blob_image,
+    blob_slice,
+    enhanced_mr,
+    mr_slice,
+    nifti_with,
+    two_stack_file,
+    write_nifti,
+    write_series,
+    write_volume,
+)
 
 TUMOUR_SLICES = {"t2": (2, 3), "t1": (), "volume": (1, 4)}
 
@@ -272,8 +282,6 @@ def test_modalities_to_score_are_chosen(folder: Path, trained_model: Path, tmp_p
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One file of two stacks, a series UID reused in two studies, and volumes that break readers."""
-    from test_cases_hostile import nifti_with, two_stack_file
-
     root = tmp_path_factory.mktemp("hostile")
     two_stack_file(root / "enhanced")
     series = generate_uid()
@@ -281,7 +289,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
         uid = generate_uid()
         for i in range(3):
             mr_slice(root / "reused" / f"{study}{i}", study=uid, series=series, z=i,
-                     PixelData=slice_pixels(10 * ord(study) + i, tumour=(study, i) == ("B", 1)))
+                     PixelData=blob_slice(10 * ord(study) + i, tumour=(study, i) == ("B", 1)).tobytes())
     (root / "vol").mkdir()
     nifti_with(root / "vol" / "zero.nii", shape=(4, 0, 4))
     nifti_with(root / "vol" / "nan.nii", srow=np.nan)
@@ -321,8 +329,6 @@ def test_bad_volumes_get_their_rows_and_the_run_goes_on(hostile: Path, trained_m
 
 
 def test_group_by_file_gives_each_frame_a_row(tmp_path: Path, trained_model: Path) -> None:
-    from test_series import enhanced_mr
-
     (tmp_path / "in").mkdir()
     enhanced_mr(tmp_path / "in" / "multi", slopes=(1.0, 0.5, 0.25, 1.0), zs=(0.0, 1.0, 2.0, 3.0))
     rows, cases, _ = scan(tmp_path / "in", tmp_path / "out" / "r.html", trained_model, "--group-by", "file")

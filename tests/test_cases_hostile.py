@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from test_series import MR_SMALL, SAGITTAL, cases_of, enhanced_mr, mr_slice, write_nifti
+from test_series import MR_SMALL, cases_of
 
 from triage.errors import ImageLoadError, Stopped
 from triage.inputs import dicom_series
@@ -25,18 +25,15 @@ from triage.inputs.cases import CaseWindows, build_cases, decode_slice
 from triage.inputs.discovery import discover
 from triage.scan.plan import plan_scan
 from triage.scan.scorer import SliceDecoder
-
-
-def two_stack_file(path: Path) -> Path:
-    """An enhanced multi-frame file holding two stacks: 3 axial frames, then 3 sagittal ones."""
-    enhanced_mr(path, slopes=(1.0,) * 6, zs=(0.0, 1.0, 2.0, 0.0, 1.0, 2.0))
-    ds = pydicom.dcmread(path)
-    for frame in range(3, 6):
-        plane = Dataset()
-        plane.ImageOrientationPatient = list(SAGITTAL)
-        ds.PerFrameFunctionalGroupsSequence[frame].PlaneOrientationSequence = Sequence([plane])
-    ds.save_as(path)
-    return path
+from triage.testing import (
+    SAGITTAL,
+    dicom_declaring,
+    enhanced_mr,
+    mr_slice,
+    nifti_with,
+    two_stack_file,
+    write_nifti,
+)
 
 
 def all_slices(cases: list) -> list:
@@ -164,18 +161,6 @@ def test_a_slice_with_a_nan_rescale_slope_is_skipped(tmp_path: Path) -> None:
 # --- bad headers are refused from the header; one bad file never ends the run --------------------
 
 
-def nifti_with(path: Path, *, shape: tuple = (4, 4, 4), srow: float | None = None) -> Path:
-    image = nib.Nifti1Image(np.ones(shape, np.int16), np.eye(4))
-    image.header.set_qform(None, code=0)
-    image.header.set_sform(np.eye(4), code=1)
-    nib.save(image, path)
-    if srow is not None:  # nibabel refuses to write such an affine itself
-        raw = bytearray(path.read_bytes())
-        raw[280:284] = np.float32(srow).tobytes()  # srow_x[0]
-        path.write_bytes(bytes(raw))
-    return path
-
-
 @pytest.mark.parametrize("make, status, words", [
     (lambda p: nifti_with(p / "zero.nii", shape=(4, 0, 4)), "unreadable", "no voxels (4x0x4)"),
     (lambda p: nifti_with(p / "nan.nii", srow=np.nan), "unreadable", "affine) is not finite"),
@@ -261,14 +246,6 @@ def test_a_complex_volume_is_shown_by_its_magnitude(tmp_path: Path) -> None:
     complex_case, real_case = cases_of(tmp_path)
     for a, b in zip(complex_case.slices, real_case.slices):
         assert np.abs(decode_slice(a, complex_case).astype(int) - decode_slice(b, real_case)).max() <= 1
-
-
-def dicom_declaring(path: Path, frames: int, size: int, data: int) -> Path:
-    ds = pydicom.dcmread(MR_SMALL)
-    ds.NumberOfFrames, ds.Rows, ds.Columns = frames, size, size
-    ds.PixelData = (np.arange(data) % 251).astype(np.uint8).tobytes()
-    ds.save_as(path)
-    return path
 
 
 @pytest.mark.parametrize("frames, size, data, words", [

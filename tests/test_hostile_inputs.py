@@ -39,11 +39,11 @@ def noise(height: int = 64, width: int = 64) -> np.ndarray:
 
 def dicom_bytes(frames: int, rows: int, columns: int, *, syntax: str = ExplicitVRLittleEndian,
                 samples: int = 1) -> bytes:
-    """A DICOM file of ``frames`` frames (a ramp, so each has signal): 16-bit grey, or 8-bit RGB with 3
-    ``samples``."""
-    shape = (frames, rows, columns, 3) if samples == 3 else (frames, rows, columns)
-    ramp = np.arange(int(np.prod(shape))).reshape(shape)
-    pixels = (ramp % 251).astype(np.uint8) if samples == 3 else (ramp % 4000).astype(np.uint16)
+    """A DICOM file of ``frames`` black frames with one bright pixel each (a frame with no signal is not
+    scored): 16-bit grey, or 8-bit RGB with 3 ``samples``."""
+    pixels = np.zeros((frames, rows, columns, 3), np.uint8) if samples == 3 else \
+        np.zeros((frames, rows, columns), np.uint16)
+    pixels[:, 0, 0] = 200
     buffer = io.BytesIO()
     write_dicom(buffer, pixels, syntax=syntax, NumberOfFrames=frames)
     return buffer.getvalue()

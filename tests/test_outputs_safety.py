@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from triage.cli import EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, _StopFlag, main
 from triage.hooks import RunHooks
 from triage.results.tables import read_csv
-from triage.testing import write_blob_images
+from triage.testing import blob_image, mr_slice, write_blob_images
 
 
 @pytest.fixture
@@ -169,8 +170,6 @@ def test_every_setting_that_changes_a_row_or_a_case_rescans(
     """Rows are reused only from a run with the same settings; a run with other ones rescans all."""
     import dataclasses
     import json
-
-    from test_series import mr_slice
 
     from triage.scan.folder import ScanOptions
     from triage.scan.run import run_scan

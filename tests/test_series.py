@@ -26,11 +26,9 @@ from triage.inputs.cases import (
 )
 from triage.inputs.decode import read_image
 from triage.inputs.discovery import discover
-from triage.testing import AXIAL, mr_slice, write_nifti
+from triage.testing import SAGITTAL, enhanced_mr, mr_slice, write_nifti
 
 MR_SMALL = get_testdata_file("MR_small.dcm")
-SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 
 
 def cases_of(folder: Path, **options: object) -> list[Case]:
@@ -184,37 +182,6 @@ def test_lut_only_and_palette_colour_files(tmp_path: Path) -> None:
     ds = pydicom.dcmread(palette)
     expected = np.rint(apply_color_lut(ds.pixel_array, ds) / 65535 * 255)
     np.testing.assert_array_equal(decode_slice(case.slices[0], case), expected)
-
-
-def enhanced_mr(path: Path, slopes: tuple[float, ...], zs: tuple[float, ...]) -> Path:
-    """An enhanced multi-frame MR built from MR_small: one frame per slope, at the given positions."""
-    ds = pydicom.dcmread(MR_SMALL)
-    pixels = ds.pixel_array
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
-    ds.SeriesInstanceUID = generate_uid()
-    ds.NumberOfFrames = len(slopes)
-    ds.PixelData = np.stack([pixels] * len(slopes)).tobytes()
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "WindowCenter", "WindowWidth"):
-        delattr(ds, keyword)
-    shared = Dataset()
-    shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = list(AXIAL)
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    frames = []
-    for slope, z in zip(slopes, zs):
-        frame = Dataset()
-        frame.PlanePositionSequence = Sequence([Dataset()])
-        frame.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, z]
-        frame.PixelValueTransformationSequence = Sequence([Dataset()])
-        frame.PixelValueTransformationSequence[0].RescaleSlope = slope
-        frame.PixelValueTransformationSequence[0].RescaleIntercept = 0
-        frame.FrameVOILUTSequence = Sequence([Dataset()])
-        frame.FrameVOILUTSequence[0].WindowCenter = 2000 * slope
-        frame.FrameVOILUTSequence[0].WindowWidth = 4000 * slope
-        frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.save_as(path)
-    return path
 
 
 def test_an_enhanced_multiframe_file_gives_one_slice_per_frame(tmp_path: Path) -> None:
