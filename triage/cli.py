@@ -102,10 +102,10 @@ def _train_writes(data_dir: Path, out: Path | None) -> WritesCheck:
 def _evaluate_writes(data_dir: Path, out: Path | None, model: str | None) -> WritesCheck:
     def check(logs: list[tuple[str, str, Path]]) -> None:
         from triage.evaluate.evaluation import evaluation_folder
-        from triage.model.loading import check_run_writes, find_model
+        from triage.model.loading import check_run_writes
 
-        folder = find_model(model)
-        written = [("the evaluation folder", "out", evaluation_folder(out, folder))]
+        folder = _model_folder(model)
+        written = [("the evaluation folder", "out", evaluation_folder(out, folder))] if folder else []
         check_run_writes(logs + written, ("the data folder", data_dir), folder)
 
     return check
@@ -113,13 +113,24 @@ def _evaluate_writes(data_dir: Path, out: Path | None, model: str | None) -> Wri
 
 def _scan_writes(input_dir: Path, out: Path, csv: Path | None, model: str | None) -> WritesCheck:
     def check(logs: list[tuple[str, str, Path]]) -> None:
-        from triage.model.loading import check_run_writes, find_model
+        from triage.model.loading import check_run_writes
         from triage.scan.run import OutputPaths
 
         written = OutputPaths.for_report(out, csv).written()
-        check_run_writes(written + logs, ("the input folder", input_dir), find_model(model))
+        check_run_writes(written + logs, ("the input folder", input_dir), _model_folder(model))
 
     return check
+
+
+def _model_folder(model: str | None) -> Path | None:
+    """The model folder the command will use; None when there is none (the command then says so, and the
+    log file, kept out of every model folder anyway, records it)."""
+    from triage.model.loading import find_model
+
+    try:
+        return find_model(model)
+    except ModelError:
+        return None
 
 
 def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
