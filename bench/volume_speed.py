@@ -61,12 +61,13 @@ def decoded_slices(folder: Path, image_size: int) -> "object":
     """(N, S, S, 3) float32 of every slice, decoded with its series' window and resized as triage does."""
     import numpy as np
 
-    from triage.inputs.cases import build_cases, decode_slice
+    from triage.inputs.cases import CaseWindows, build_cases, decode_slice
     from triage.inputs.discovery import discover
     from triage.model.preprocess import resize_for_model
 
     cases, _ = build_cases(list(discover(folder)))
-    return np.stack([resize_for_model(decode_slice(s, case), image_size)
+    windows = CaseWindows()  # each series' window measured once, as a scan measures it
+    return np.stack([resize_for_model(decode_slice(s, case, windows), image_size)
                      for case in cases for s in case.slices])
 
 

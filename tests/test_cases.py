@@ -15,7 +15,17 @@ from pydicom.uid import generate_uid
 
 from triage.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.results.tables import CASE_CSV_COLUMNS, CSV_COLUMNS, read_csv
-from triage.testing import blob_image, mr_slice, write_nifti, write_series, write_volume
+from triage.testing import (
+    blob_image,
+    blob_slice,
+    enhanced_mr,
+    mr_slice,
+    nifti_with,
+    two_stack_file,
+    write_nifti,
+    write_series,
+    write_volume,
+)
 
 TUMOUR_SLICES = {"t2": (2, 3), "t1": (), "volume": (1, 4)}
 
@@ -106,7 +116,8 @@ def test_rows_of_series_volumes_and_refused_files(scanned, folder: Path) -> None
     assert (ct["status"], ct["reason"], ct["probability"]) == ("skipped", "modality CT", "")
     assert ct["slice_index"] == ""
     [bold] = by_path["vol/bold.nii"]
-    assert (bold["status"], bold["reason"]) == ("unsupported", "4D volume")
+    assert bold["status"] == "unsupported"
+    assert bold["reason"] == "a 4D volume (4x4x4x2): only 3D volumes are scored"
     for name in ("a", "b", "c"):
         [loose] = by_path[f"loose/{name}.png"]
         assert (loose["case_id"], loose["slice_index"], loose["study_uid"]) == (f"loose/{name}.png", "", "")
@@ -265,3 +276,63 @@ def test_modalities_to_score_are_chosen(folder: Path, trained_model: Path, tmp_p
     result = CliRunner().invoke(main, ["scan", str(folder / "ct"), "--out", str(tmp_path / "s.html"),
                                        "--model", str(trained_model), "--modality", ","])
     assert result.exit_code == EXIT_USAGE and "(--modality)" in result.output, result.output
+
+
+# --- no row lost, no verdict borrowed, one bad file never the run's end ---------------------------
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One file of two stacks, a series UID reused in two studies, and volumes that break readers."""
+    root = tmp_path_factory.mktemp("hostile")
+    two_stack_file(root / "enhanced")
+    series = generate_uid()
+    for study in "AB":
+        uid = generate_uid()
+        for i in range(3):
+            mr_slice(root / "reused" / f"{study}{i}", study=uid, series=series, z=i,
+                     PixelData=blob_slice(10 * ord(study) + i, tumour=(study, i) == ("B", 1)).tobytes())
+    (root / "vol").mkdir()
+    nifti_with(root / "vol" / "zero.nii", shape=(4, 0, 4))
+    nifti_with(root / "vol" / "nan.nii", srow=np.nan)
+    write_nifti(root / "vol" / "flat.nii", np.full((8, 8, 2), 5, np.int16), np.eye(4))
+    write_volume(root / "vol" / "head.nii.gz", n=3)
+    return root
+
+
+def test_every_frame_and_every_study_keeps_its_rows_and_verdict(hostile: Path, trained_model: Path,
+                                                                tmp_path: Path) -> None:
+    rows, cases, _ = scan(hostile, tmp_path / "r.html", trained_model, "--threshold", "0")
+    enhanced = [row for row in rows if row["path"] == "enhanced"]
+    assert sorted(int(row["frame"]) for row in enhanced) == list(range(6))
+    assert all(row["status"] == "ok" for row in enhanced) and len({row["case_id"] for row in enhanced}) == 2
+    reused = {case_id: case for case_id, case in cases.items() if case["series_uid"] and
+              case_id.endswith(case["series_uid"]) and case_id != case["series_uid"]}
+    assert len(reused) == 2
+    for case_id, case in reused.items():
+        members = [row for row in rows if row["case_id"] == case_id]
+        assert (case["n_images"], case["n_scored"]) == ("3", "3")
+        assert {row["path"][len("reused/")] for row in members} == {case["top_path"][len("reused/")]}
+        assert float(case["score"]) == max(float(row["probability"]) for row in members)
+
+
+def test_bad_volumes_get_their_rows_and_the_run_goes_on(hostile: Path, trained_model: Path,
+                                                         tmp_path: Path) -> None:
+    rows, cases, run = scan(hostile, tmp_path / "r.html", trained_model)
+    by_path = {row["path"]: row for row in rows}
+    for name, words in (("zero", "no voxels"), ("nan", "not finite")):
+        row = by_path[f"vol/{name}.nii"]
+        assert row["status"] == "unreadable" and words in row["reason"]
+    flat = [(row["status"], row["reason"]) for row in rows if row["path"] == "vol/flat.nii"]
+    assert flat == [("skipped", "no signal: every pixel is 5")] * 2
+    assert cases["vol/flat.nii"]["n_scored"] == "0" and cases["vol/flat.nii"]["score"] == ""
+    assert [row["status"] for row in rows if row["path"] == "vol/head.nii.gz"] == ["ok"] * 3
+    assert run["counts"]["found"] == len(rows)
+
+
+def test_group_by_file_gives_each_frame_a_row(tmp_path: Path, trained_model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    enhanced_mr(tmp_path / "in" / "multi", slopes=(1.0, 0.5, 0.25, 1.0), zs=(0.0, 1.0, 2.0, 3.0))
+    rows, cases, _ = scan(tmp_path / "in", tmp_path / "out" / "r.html", trained_model, "--group-by", "file")
+    assert sorted(int(row["frame"]) for row in rows) == [0, 1, 2, 3]
+    assert sorted(cases) == ["multi#0", "multi#1", "multi#2", "multi#3"]

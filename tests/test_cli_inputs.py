@@ -12,7 +12,15 @@ from PIL import Image
 
 from triage.cli import EXIT_OK, EXIT_USAGE, main
 from triage.model.network import TINY_BACKBONE
-from triage.testing import IMAGE_SIZE, blob_image, csv_rows, make_blob_dataset, write_blob_images
+from triage.testing import (
+    IMAGE_SIZE,
+    blob_image,
+    csv_rows,
+    make_blob_dataset,
+    mr_slice,
+    write_blob_images,
+    write_nifti,
+)
 
 
 def evaluate(data: Path, model: Path, out: Path, *options: str) -> tuple[dict, list[dict[str, str]], str]:
@@ -60,6 +68,20 @@ def test_evaluate_skips_unreadable_files_and_takes_a_threshold(tmp_path: Path, t
     assert report["metrics"]["n"] == n_readable
     check_predictions(report, rows, threshold)
     assert sum(r["predicted"] == "yes" for r in rows) == k != flagged_by_card
+
+
+def test_evaluate_counts_and_lists_the_scans_it_does_not_read(tmp_path: Path, trained_model: Path) -> None:
+    data = make_blob_dataset(tmp_path / "data", per_class=5, seed=3)
+    write_nifti(data / "yes" / "head.nii.gz", np.arange(64, dtype=np.int16).reshape(4, 4, 4), np.eye(4))
+    mr_slice(data / "no" / "IM0001", study="1.2.3", series="1.2.3.4")  # DICOM without an extension
+    (data / "no" / "notes.txt").write_text("a note")
+    report, rows, output = evaluate(data, trained_model, tmp_path / "eval")
+    not_read = {row["path"]: row["status"] for row in report["data"]["not_read"]}
+    assert not_read == {"yes/head.nii.gz": "skipped", "no/IM0001": "skipped", "no/notes.txt": "unsupported"}
+    assert "yes/head.nii.gz" in output and "no/IM0001" in output and "3 not read" in output
+    assert len(rows) == report["metrics"]["n"] == 10
+    run = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert run["counts"]["not_read"] == 3 and run["counts"]["found"] == 13
 
 
 def test_evaluate_with_other_class_names(tmp_path: Path, trained_model: Path) -> None:

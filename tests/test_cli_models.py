@@ -81,6 +81,28 @@ def test_card_image_size_disagreeing_with_the_model(tmp_path: Path, trained_mode
     assert set(written) <= {".triage.lock"}, written
 
 
+@pytest.mark.parametrize("command", ["scan", "evaluate"])
+@pytest.mark.parametrize("field, value", [
+    ("threshold", float("nan")), ("threshold", -0.1), ("threshold", 1.5), ("threshold", True),
+    ("image_size", 0), ("image_size", -32), ("image_size", True),
+])
+def test_a_card_with_an_impossible_value_is_refused_in_one_sentence(
+        tmp_path: Path, trained_model: Path, command: str, field: str, value: object) -> None:
+    model = copy_model(trained_model, tmp_path / "model", **{field: value})
+    out = tmp_path / "out"
+    if command == "scan":
+        args = ["scan", str(scan_folder(tmp_path / "in")), "--out", str(out / "r.pdf")]
+    else:
+        scan_folder(tmp_path / "data" / "yes")
+        scan_folder(tmp_path / "data" / "no")
+        args = ["evaluate", str(tmp_path / "data"), "--out", str(out)]
+    result = CliRunner().invoke(main, args + ["--model", str(model)])
+    assert result.exit_code == EXIT_MODEL, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and field.replace("_", " ") in lines[0], result.output
+    assert not out.exists() or set(p.name for p in out.rglob("*")) <= {".triage.lock"}
+
+
 @pytest.mark.slow  # a real process, which imports TensorFlow
 def test_device_gpu_without_a_gpu(tmp_path: Path, trained_model: Path) -> None:
     """In a real process where CUDA shows no device: one sentence, usage exit code, no report."""

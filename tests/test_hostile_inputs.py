@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import tracemalloc
@@ -38,9 +39,11 @@ def noise(height: int = 64, width: int = 64) -> np.ndarray:
 
 def dicom_bytes(frames: int, rows: int, columns: int, *, syntax: str = ExplicitVRLittleEndian,
                 samples: int = 1) -> bytes:
-    """A DICOM file of ``frames`` black frames: 16-bit grey, or 8-bit RGB with 3 ``samples``."""
+    """A DICOM file of ``frames`` black frames with one bright pixel each (a frame with no signal is not
+    scored): 16-bit grey, or 8-bit RGB with 3 ``samples``."""
     pixels = np.zeros((frames, rows, columns, 3), np.uint8) if samples == 3 else \
         np.zeros((frames, rows, columns), np.uint16)
+    pixels[:, 0, 0] = 200
     buffer = io.BytesIO()
     write_dicom(buffer, pixels, syntax=syntax, NumberOfFrames=frames)
     return buffer.getvalue()
@@ -250,6 +253,27 @@ def test_display_path_round_trips_and_never_collides() -> None:
     assert shown[:3] == ["scan\\xff.jpg", "scan\\\\xff.jpg", "scan\\\\\\\\xff.jpg"]
     assert shown[4] == "café.png" and shown[5] == "caf\\xe9.png"
     assert display_path(os.fsdecode(b"scan\xff.jpg")) == shown[0]  # str names from the OS too
+
+
+@pytest.mark.parametrize("name", ["C:\\scans\\brain.png", "\\\\server\\share\\x.png", "back\\", "tab\t.png",
+                                  "x\\xAB.png", "caf\u00e9 \u00fc\u00df.png", "\\x-rays\\a.png"])
+def test_a_name_that_is_valid_text_is_written_as_it_is(name: str) -> None:
+    assert display_path(name) == name
+    assert path_bytes(name) == name.encode("utf-8")
+
+
+def test_only_what_is_not_text_is_escaped_and_every_name_maps_back() -> None:
+    """Every name of up to five pieces from an alphabet of escape-like parts round-trips, none collide."""
+    alphabet = [b"\\", b"x", b"f", b"0", b"a", b"\xff", b"\n", b"\xc3\xa9"]
+    seen: dict[str, bytes] = {}
+    for length in range(1, 6):
+        for parts in itertools.product(alphabet, repeat=length):
+            name = b"".join(parts)
+            text = display_path(name)
+            assert path_bytes(text) == name
+            assert seen.setdefault(text, name) == name
+            assert "\n" not in text and "\r" not in text
+            assert text.encode("utf-8")  # valid text, no lone surrogate
 
 
 def summary() -> ModelSummary:

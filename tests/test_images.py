@@ -70,18 +70,18 @@ def test_png_8bit_rgb_exact_with_hash(tmp_path: Path) -> None:
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _stretched(values: np.ndarray) -> np.ndarray:
-    values = values.astype(np.float64)
-    return np.rint((values - values.min()) / (values.max() - values.min()) * 255).astype(np.uint8)
+def _from_depth(values: np.ndarray, bits: int) -> np.ndarray:
+    """What the same scan stored in 8 bits holds: values of ``bits`` bits mapped onto 0..255."""
+    return np.rint(values.astype(np.float64) / ((1 << bits) - 1) * 255).astype(np.uint8)
 
 
-def test_png_16bit_gray_is_stretched_and_rgb_keeps_high_byte(tmp_path: Path) -> None:
+def test_png_16bit_gray_scales_by_its_depth_and_rgb_keeps_high_byte(tmp_path: Path) -> None:
     gray16 = rng().integers(0, 65536, (9, 7), dtype=np.uint16)
-    path = save(Image.fromarray(gray16), tmp_path / "g16.png")
-    loaded = read_image(path)
+    gray16[0, 0] = 65535
+    loaded = read_image(save(Image.fromarray(gray16), tmp_path / "g16.png"))
     check_pixels(loaded.pixels, 9, 7)
     for channel in range(3):
-        np.testing.assert_array_equal(loaded.pixels[:, :, channel], _stretched(gray16))
+        np.testing.assert_array_equal(loaded.pixels[:, :, channel], _from_depth(gray16, 16))
 
     rgb16 = rng().integers(0, 65536, (5, 6, 3), dtype=np.uint16)
     ok, encoded = cv2.imencode(".png", rgb16[:, :, ::-1])  # OpenCV writes BGR
@@ -91,17 +91,44 @@ def test_png_16bit_gray_is_stretched_and_rgb_keeps_high_byte(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
-def test_12_bit_mri_in_16_bits_decodes_like_its_8_bit_version(tmp_path: Path, suffix: str) -> None:
-    """A 12-bit scan (0..4095) stored in 16 bits is not cut to its high byte (nearly black)."""
+@pytest.mark.parametrize("lesion", [4095.0, 3000.0, 2100.0])
+def test_12_bit_mri_in_16_bits_decodes_like_its_8_bit_version(tmp_path: Path, suffix: str,
+                                                              lesion: float) -> None:
+    """A 12-bit scan (0..4095) stored in 16 bits looks as in 8 bits, whatever its brightest value:
+    neither cut to its high byte (nearly black) nor stretched to its own range (other contrast)."""
     scan = np.zeros((64, 64), dtype=np.float64)
     yy, xx = np.mgrid[:64, :64]
     scan[(yy - 32) ** 2 + (xx - 32) ** 2 < 500] = 1500.0
-    scan[(yy - 28) ** 2 + (xx - 38) ** 2 < 40] = 4095.0  # the bright lesion
+    scan[(yy - 28) ** 2 + (xx - 38) ** 2 < 40] = lesion  # the bright lesion
     twelve_bit = scan.astype(np.uint16)
     eight_bit = np.rint(scan / 4095 * 255).astype(np.uint8)
     wide = read_image(save(Image.fromarray(twelve_bit), tmp_path / f"twelve{suffix}")).pixels
     narrow = read_image(save(Image.fromarray(eight_bit), tmp_path / f"eight{suffix}")).pixels
-    assert wide.max() == 255 and np.abs(wide.astype(int) - narrow.astype(int)).max() <= 1
+    assert np.abs(wide.astype(int) - narrow.astype(int)).max() <= 1
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """A PNG with an sBIT chunk (significant bits of gray) put after its header."""
+    body = b"sBIT" + bytes([bits])
+    chunk = (1).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return png[:33] + chunk + png[33:]
+
+
+def test_a_png_depth_comes_from_its_sbit_chunk_where_present(tmp_path: Path) -> None:
+    values = np.tile(np.arange(0, 1001, 10, dtype=np.uint16), (4, 1))  # largest 1000: fits 10 bits
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    (tmp_path / "plain.png").write_bytes(buffer.getvalue())
+    (tmp_path / "sbit.png").write_bytes(_with_sbit(buffer.getvalue(), 12))
+    np.testing.assert_array_equal(read_image(tmp_path / "plain.png").pixels[..., 0], _from_depth(values, 10))
+    np.testing.assert_array_equal(read_image(tmp_path / "sbit.png").pixels[..., 0], _from_depth(values, 12))
+
+
+@pytest.mark.parametrize("values", [np.full((8, 8), 3000, np.uint16), np.full((8, 8), np.nan, np.float32)])
+def test_a_deep_gray_image_with_no_signal_is_skipped_not_scored_black(tmp_path: Path,
+                                                                      values: np.ndarray) -> None:
+    err = load_error(save(Image.fromarray(values), tmp_path / "flat.tif"))
+    assert err.kind == "skipped" and err.reason.startswith("no signal")
 
 
 def test_palette_png_maps_through_palette(tmp_path: Path) -> None:
@@ -174,10 +201,11 @@ def test_bmp_tiff16_gif_and_float_tiff(tmp_path: Path) -> None:
     assert loaded.format == "BMP"
     np.testing.assert_array_equal(loaded.pixels, rgb)
 
-    gray16 = rng().integers(0, 65536, (4, 6), dtype=np.uint16)
+    gray16 = rng().integers(0, 16384, (4, 6), dtype=np.uint16)
+    gray16[0, 0] = 16383
     loaded = read_image(save(Image.fromarray(gray16), tmp_path / "x.tif"))
     assert loaded.format == "TIFF"
-    np.testing.assert_array_equal(loaded.pixels[:, :, 2], _stretched(gray16))
+    np.testing.assert_array_equal(loaded.pixels[:, :, 2], _from_depth(gray16, 14))
 
     frames = [Image.new("RGB", (4, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     path = save(frames[0], tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
@@ -313,15 +341,20 @@ def test_dicom_rgb_multiframe_and_no_extension(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(write_dicom(tmp_path / "rgb.dcm", rgb)).pixels, rgb)
 
     frames = np.stack([np.full((4, 4), value, dtype=np.uint16) for value in (100, 500, 900)])
+    frames[:, 0, 0] = 0  # one dark pixel each
     path = write_dicom(tmp_path / "series", frames, NumberOfFrames=3, WindowCenter=500,
                        WindowWidth=801)
     loaded = read_image(path)  # no extension: found by the DICM marker
     check_pixels(loaded.pixels, 4, 4)
-    assert (loaded.pixels == 128).all()  # the middle frame (500) sits mid-window
+    assert (loaded.pixels[1:] == 128).all() and (loaded.pixels[0, 0] == 0).all()  # the middle frame, 500
 
     bare = write_dicom(tmp_path / "bare.dcm", frames[0], preamble=False)
     assert bare.read_bytes()[128:132] != b"DICM"
-    assert (read_image(bare).pixels == 0).all()  # read by extension; a flat frame is black
+    assert (read_image(bare).pixels[1:] == 255).all()  # read by extension; stretched without a window
+
+    flat = write_dicom(tmp_path / "flat.dcm", np.full((4, 4), 700, dtype=np.uint16))
+    err = load_error(flat)  # shown, it would pass for a black or gray scan
+    assert (err.kind, err.reason) == ("skipped", "no signal: every pixel is 700")
 
 
 def test_dicom_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from triage.cli import EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, _StopFlag, main
 from triage.hooks import RunHooks
 from triage.results.tables import read_csv
-from triage.testing import write_blob_images
+from triage.testing import blob_image, mr_slice, write_blob_images
 
 
 @pytest.fixture
@@ -65,13 +67,81 @@ def test_log_file_inside_the_input_folder_is_refused_before_it_is_opened(
     assert not (folder / "triage.log").exists() and not (tmp_path / "r.html").exists()
 
 
-def test_log_file_inside_the_model_folder_is_refused(tmp_path: Path, folder: Path,
-                                                     trained_model: Path) -> None:
-    log_file = trained_model / "scan.log"
-    result = scan(folder, trained_model, "--out", str(tmp_path / "r.html"), "--log-file", str(log_file))
-    log_file.unlink(missing_ok=True)  # it was opened before the model was known
-    assert result.exit_code == EXIT_USAGE and "inside the model folder" in result.output
-    assert not (tmp_path / "r.html").exists()
+@pytest.fixture
+def own_model(tmp_path: Path, trained_model: Path) -> Path:
+    """A copy of the trained model that a test may find damaged."""
+    return Path(shutil.copytree(trained_model, tmp_path / "models" / "model"))
+
+
+def labelled(root: Path) -> Path:
+    rng = np.random.default_rng(5)
+    for label in ("yes", "no"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(blob_image(rng, label == "yes")).save(root / label / f"{label}{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("command", ["scan", "evaluate", "train"])
+@pytest.mark.parametrize("target", ["model_card.json", "model.keras", "notes.log"])
+def test_a_log_file_in_a_model_folder_is_refused_before_it_is_opened(
+        tmp_path: Path, folder: Path, own_model: Path, command: str, target: str) -> None:
+    """Whichever command, and whether or not it uses that model: the model's files stay as they were."""
+    before = snapshot(own_model)
+    log_file = own_model / target
+    if command == "scan":
+        args = ["scan", str(folder), "--out", str(tmp_path / "r.html"), "--model", str(own_model)]
+    elif command == "evaluate":
+        args = ["evaluate", str(labelled(tmp_path / "data")), "--out", str(tmp_path / "eval"),
+                "--model", str(own_model)]
+    else:
+        args = ["train", str(labelled(tmp_path / "data")), "--out", str(tmp_path / "new-model"),
+                "--backbone-weights", "random", "--image-size", "32", "--epochs", "1"]
+    result = CliRunner().invoke(main, [*args, "--log-file", str(log_file), "--quiet"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "model folder" in result.output and "(--log-file)" in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(own_model) == before and (target != "notes.log" or not log_file.exists())
+    assert not any((tmp_path / name).exists() for name in ("r.html", "eval", "new-model"))
+
+
+@pytest.mark.parametrize("out, words", [
+    ("{model}", "inside the model folder"),
+    ("{model}/evaluation", "inside the model folder"),
+    ("{model_parent}", "would hold the model"),
+    ("{data}/evaluation", "inside the data folder"),
+    ("{data}/yes/evaluation", "inside the data folder"),
+    ("{tmp}", "would hold the data folder"),
+])
+def test_evaluate_never_writes_in_or_over_the_model_or_the_data(
+        tmp_path: Path, own_model: Path, out: str, words: str) -> None:
+    data = labelled(tmp_path / "data")
+    before = snapshot(own_model, data)
+    path = out.format(model=own_model, model_parent=own_model.parent, data=data, tmp=tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", str(data), "--model", str(own_model), "--out", path,
+                                       "--force", "--quiet"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert words in result.output and "(--out)" in result.output and "Traceback" not in result.output
+    assert snapshot(own_model, data) == before
+    assert sorted(p.name for p in data.rglob("*")) == ["no", "no0.png", "no1.png",
+                                                       "yes", "yes0.png", "yes1.png"]
+
+
+def test_evaluate_force_replaces_an_earlier_evaluation_only(tmp_path: Path, own_model: Path) -> None:
+    data = labelled(tmp_path / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    args = ["evaluate", str(data), "--model", str(own_model), "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--out", str(mine), "--force"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "thesis.txt" in result.output and (mine / "thesis.txt").read_text() == "years of work"
+
+    earlier = tmp_path / "earlier"
+    assert CliRunner().invoke(main, [*args, "--out", str(earlier)]).exit_code == EXIT_OK
+    first = (earlier / "run.json").read_bytes()
+    assert CliRunner().invoke(main, [*args, "--out", str(earlier), "--force"]).exit_code == EXIT_OK
+    assert (earlier / "run.json").read_bytes() != first
 
 
 def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, trained_model: Path) -> None:
@@ -89,6 +159,37 @@ def test_the_lock_covers_the_csv_folder_too(tmp_path: Path, folder: Path, traine
 
 
 # --------------------------------------------------------------------------- incremental runs
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"top_k": 2}, {"aggregate": "topk"}, {"group_by": "file"}, {"modalities": ("MR", "CT")},
+    {"explain": "all"}, "decoder",
+])
+def test_every_setting_that_changes_a_row_or_a_case_rescans(
+        tmp_path: Path, folder: Path, trained_model: Path, change: object) -> None:
+    """Rows are reused only from a run with the same settings; a run with other ones rescans all."""
+    import dataclasses
+    import json
+
+    from triage.scan.folder import ScanOptions
+    from triage.scan.run import run_scan
+
+    for i in range(3):
+        mr_slice(folder / "series" / f"IM{i}", study="1.2.3", series="1.2.3.4", z=i)
+    out = tmp_path / "out" / "r.html"
+    first, _ = run_scan(folder, out, model=trained_model)
+    assert first.scored_this_run == first.scored == 7
+    options = ScanOptions()
+    if change == "decoder":  # the state of a run whose decoder gave other pixels
+        state = out.parent / ".r.state.json"
+        saved = json.loads(state.read_text())
+        saved["settings"]["decoder"] = -1
+        state.write_text(json.dumps(saved))
+    else:
+        options = dataclasses.replace(options, **change)
+    again, _ = run_scan(folder, out, model=trained_model, options=options)
+    assert again.scored_this_run == (0 if change == {} else again.scored)
+    assert again.scored >= 7
 
 
 def test_failed_rows_are_scored_again_in_an_incremental_run(
@@ -144,6 +245,23 @@ def test_phases_are_reported_in_order(tmp_path: Path, folder: Path, trained_mode
     phases: list[str] = []
     run_scan(folder, tmp_path / "r.html", model=trained_model, hooks=RunHooks(on_phase=phases.append))
     assert phases == ["scanning", "writing", "written"]
+
+
+@pytest.mark.parametrize("full", [True, False])  # False: every case is carried over, nothing to score
+def test_a_stop_while_the_files_are_listed_and_sorted_changes_no_output(
+        tmp_path: Path, folder: Path, trained_model: Path, full: bool) -> None:
+    from triage.errors import Stopped
+    from triage.scan.run import run_scan
+
+    out = tmp_path / "out" / "r.html"
+    run_scan(folder, out, model=trained_model)
+    before = {path: data for path, data in snapshot(out.parent).items() if path.name != ".triage.lock"}
+    phases: list[str] = []
+    stopped_once_scanning = RunHooks(should_stop=lambda: "scanning" in phases, on_phase=phases.append)
+    with pytest.raises(Stopped, match="no output was changed"):
+        run_scan(folder, out, model=trained_model, full=full, hooks=stopped_once_scanning)
+    after = {path: data for path, data in snapshot(out.parent).items() if path.name != ".triage.lock"}
+    assert after == before and phases == ["scanning"]
 
 
 # The scan of the SIGTERM test below. Once its outputs are written it waits until the test's SIGTERM

@@ -183,15 +183,20 @@ def test_usage_errors(tmp_path: Path, trained_model: Path, args: list[str], mess
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_broken_model_folder_is_a_model_error(tmp_path: Path, trained_model: Path) -> None:
+@pytest.mark.parametrize("damage", ["foreign", "cut"])
+def test_broken_model_file_is_a_model_error_that_says_so(tmp_path: Path, trained_model: Path,
+                                                          damage: str) -> None:
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.keras").write_bytes(b"not a zip")
+    whole = (trained_model / "model.keras").read_bytes()
+    damaged = b"not a zip" if damage == "foreign" else whole[:len(whole) // 2]
+    (tmp_path / "model" / "model.keras").write_bytes(damaged)
     (tmp_path / "model" / "model_card.json").write_bytes((trained_model / "model_card.json").read_bytes())
     (tmp_path / "in").mkdir()
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "r.pdf"),
                                        "--model", str(tmp_path / "model")])
     assert result.exit_code == EXIT_MODEL, result.output
-    assert "Cannot load model" in result.output and "Traceback" not in result.output
+    assert "not a whole Keras archive" in result.output and "Traceback" not in result.output
+    assert "not found" not in result.output.lower()
 
 
 def test_a_scan_without_heat_maps_makes_no_display_copies(tmp_path: Path, trained_model: Path,

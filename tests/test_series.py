@@ -26,11 +26,9 @@ from triage.inputs.cases import (
 )
 from triage.inputs.decode import read_image
 from triage.inputs.discovery import discover
-from triage.testing import AXIAL, mr_slice, write_nifti
+from triage.testing import SAGITTAL, enhanced_mr, mr_slice, write_nifti
 
 MR_SMALL = get_testdata_file("MR_small.dcm")
-SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 
 
 def cases_of(folder: Path, **options: object) -> list[Case]:
@@ -186,37 +184,6 @@ def test_lut_only_and_palette_colour_files(tmp_path: Path) -> None:
     np.testing.assert_array_equal(decode_slice(case.slices[0], case), expected)
 
 
-def enhanced_mr(path: Path, slopes: tuple[float, ...], zs: tuple[float, ...]) -> Path:
-    """An enhanced multi-frame MR built from MR_small: one frame per slope, at the given positions."""
-    ds = pydicom.dcmread(MR_SMALL)
-    pixels = ds.pixel_array
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
-    ds.SeriesInstanceUID = generate_uid()
-    ds.NumberOfFrames = len(slopes)
-    ds.PixelData = np.stack([pixels] * len(slopes)).tobytes()
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "WindowCenter", "WindowWidth"):
-        delattr(ds, keyword)
-    shared = Dataset()
-    shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = list(AXIAL)
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    frames = []
-    for slope, z in zip(slopes, zs):
-        frame = Dataset()
-        frame.PlanePositionSequence = Sequence([Dataset()])
-        frame.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, z]
-        frame.PixelValueTransformationSequence = Sequence([Dataset()])
-        frame.PixelValueTransformationSequence[0].RescaleSlope = slope
-        frame.PixelValueTransformationSequence[0].RescaleIntercept = 0
-        frame.FrameVOILUTSequence = Sequence([Dataset()])
-        frame.FrameVOILUTSequence[0].WindowCenter = 2000 * slope
-        frame.FrameVOILUTSequence[0].WindowWidth = 4000 * slope
-        frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.save_as(path)
-    return path
-
-
 def test_an_enhanced_multiframe_file_gives_one_slice_per_frame(tmp_path: Path) -> None:
     enhanced_mr(tmp_path / "enhanced", slopes=(1.0, 0.5, 0.25), zs=(20.0, 0.0, 10.0))
     [case] = cases_of(tmp_path)
@@ -259,7 +226,7 @@ def test_a_dicomdir_is_not_scored(tmp_path: Path) -> None:
 
 
 def test_files_too_large_and_loose_images_are_told_apart(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("triage.inputs.dicom_series.MAX_PIXELS", 64 * 64 - 1)
+    monkeypatch.setattr("triage.inputs.dicom.MAX_PIXELS", 64 * 64 - 1)
     mr_slice(tmp_path / "big.dcm", study=generate_uid(), series=generate_uid())
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.full((5, 6, 3), 90, dtype=np.uint8)).save(tmp_path / "scan.png")
@@ -296,10 +263,14 @@ def test_the_same_volume_in_two_orientations_gives_the_same_slices(tmp_path: Pat
         np.testing.assert_array_equal(decode_slice(a, ras), decode_slice(b, other))
 
 
-def test_a_4d_nifti_is_refused_with_its_reason(tmp_path: Path) -> None:
-    write_nifti(tmp_path / "bold.nii", np.zeros((4, 4, 4, 2), dtype=np.int16), np.eye(4))
+@pytest.mark.parametrize("shape, words", [((4, 4, 4, 2), "a 4D volume (4x4x4x2)"),
+                                          ((4, 4, 4, 2, 3), "a 5D volume (4x4x4x2x3)"),
+                                          ((4, 4, 4, 1, 3), "a 5D volume (4x4x4x1x3)")])
+def test_a_volume_of_more_dimensions_is_refused_with_its_own(tmp_path: Path, shape: tuple,
+                                                             words: str) -> None:
+    write_nifti(tmp_path / "bold.nii", np.ones(shape, dtype=np.int16), np.eye(4))
     [case] = cases_of(tmp_path)
-    assert (case.kind, case.status, case.reason) == ("volume", "unsupported", "4D volume")
+    assert (case.kind, case.status) == ("volume", "unsupported") and case.reason.startswith(words)
 
 
 def test_case_scores_equal_hand_computed_values() -> None:

@@ -68,8 +68,8 @@ def error_message(error: TriageError) -> str:
     return f"{text.rstrip('.')} ({flag})."
 
 
-def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, input_dir: Path) -> None:
-    """Console and log-file handlers; a log file inside ``input_dir`` is refused before it is opened."""
+def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, check_writes: WritesCheck) -> None:
+    """Console and log-file handlers; the log file is checked like an output before it is opened."""
     from triage.quiet import silence_libraries
 
     log.setLevel(logging.INFO)
@@ -80,14 +80,60 @@ def _setup_logging(quiet: bool, log_file: Path | None, verbose: bool, input_dir:
     console.setFormatter(logging.Formatter("triage: %(message)s"))
     log.addHandler(console)
     if log_file:
-        from triage.scan.run import check_writes
-
-        check_writes([("the log file", "log_file", log_file)], input_dir, None)
+        check_writes([("the log file", "log_file", log_file)])
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
     silence_libraries(verbose, log_file)  # before TensorFlow is imported
+
+
+# Checks a command's outputs, given the log file's entry (what, option, path), before anything is opened.
+WritesCheck = Callable[[list[tuple[str, str, Path]]], None]
+
+
+def _train_writes(data_dir: Path, out: Path | None) -> WritesCheck:
+    def check(logs: list[tuple[str, str, Path]]) -> None:
+        from triage.model.loading import check_run_writes
+
+        model = [("the model folder", "out", out)] if out else []
+        check_run_writes(logs + model, ("the data folder", data_dir))
+
+    return check
+
+
+def _evaluate_writes(data_dir: Path, out: Path | None, model: str | None) -> WritesCheck:
+    def check(logs: list[tuple[str, str, Path]]) -> None:
+        from triage.evaluate.evaluation import evaluation_folder
+        from triage.model.loading import check_run_writes
+
+        folder = _model_folder(model)
+        written = [("the evaluation folder", "out", evaluation_folder(out, folder))] if folder else []
+        check_run_writes(logs + written, ("the data folder", data_dir), folder)
+
+    return check
+
+
+def _scan_writes(input_dir: Path, out: Path, csv: Path | None, model: str | None) -> WritesCheck:
+    def check(logs: list[tuple[str, str, Path]]) -> None:
+        from triage.model.loading import check_run_writes
+        from triage.scan.run import OutputPaths
+
+        written = OutputPaths.for_report(out, csv).written()
+        check_run_writes(written + logs, ("the input folder", input_dir), _model_folder(model))
+
+    return check
+
+
+def _model_folder(model: str | None) -> Path | None:
+    """The model folder the command will use; None when there is none (the command then says so, and the
+    log file, kept out of every model folder anyway, records it)."""
+    from triage.model.loading import find_model
+
+    try:
+        return find_model(model)
+    except ModelError:
+        return None
 
 
 def handle_errors(command: Callable[..., int | None]) -> Callable[..., None]:
@@ -184,11 +230,12 @@ def _interactive(quiet: bool) -> bool:
 class CommandRun:
     """What every command does around its library call: logging, the stop flag, progress, the summary."""
 
-    def __init__(self, quiet: bool, log_file: Path | None, verbose: bool, input_dir: Path, desc: str) -> None:
+    def __init__(self, quiet: bool, log_file: Path | None, verbose: bool, check_writes: WritesCheck,
+                 desc: str) -> None:
         self.started = monotonic()
         self.quiet = quiet
         self.interactive = _interactive(quiet)
-        _setup_logging(quiet, log_file, verbose, input_dir)
+        _setup_logging(quiet, log_file, verbose, check_writes)
         self.stop = _StopFlag()
         self.stop.install()
         self.bar = Progress(self.interactive, desc=desc)
@@ -321,7 +368,7 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
       triage train ../brain_tumor_dataset --epochs 30
       triage train ../brain_tumor_dataset --target-sensitivity 0.9 --confidence 0.9
     """
-    run = CommandRun(quiet, log_file, verbose, data_dir, desc="features")
+    run = CommandRun(quiet, log_file, verbose, _train_writes(data_dir, out), desc="features")
     from triage.train.training import TrainConfig, train_model
 
     if config["target_sensitivity"] is None and _given("confidence"):
@@ -462,7 +509,8 @@ def evaluate(data_dir: Path, out: Path | None, quiet: bool, log_file: Path | Non
     Example:
       triage evaluate ./labelled_folder --model models/vgg19-20261125-101500-ab12cd
     """
-    run = CommandRun(quiet, log_file, verbose, data_dir, desc="evaluate")
+    run = CommandRun(quiet, log_file, verbose, _evaluate_writes(data_dir, out, settings_.get("model")),
+                     desc="evaluate")
     from triage.evaluate.evaluation import evaluate_model
 
     try:
@@ -481,6 +529,8 @@ def _evaluation_warnings(result: Any) -> list[str]:
     from triage.labelled.metrics import metric_summary
 
     warnings = [f"skipped {row['path']}: {row['reason']}" for row in result.skipped]
+    warnings += [f"not read {row['path']}: {row['reason']}" for row in result.not_read
+                 if row["status"] == "skipped"]  # scans; files that are no images are only counted
     if result.model.random_backbone:
         warnings.append("the model has a RANDOM backbone (tests only); its scores mean nothing.")
     if result.copies_of_training:
@@ -524,7 +574,8 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
     metrics = result.metrics
     cm = metrics["confusion_matrix"]
     return (f"triage evaluate {data_dir}: model {result.model.id}, {metrics['n']} images, "
-            f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
+            f"{len(result.skipped)} skipped, {len(result.not_read)} not read (no 2D image file), "
+            f"{len(result.copies_of_training)} copies of training images; "
             f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
             f"calibration {calibration_summary(result.calibration)}; "
             f"{_unfamiliar_share(result.unfamiliar)}"
@@ -549,7 +600,8 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
 @click.option("--top-k", type=click.IntRange(min=1), default=settings.TOP_K, show_default=True,
               help="Slices in a topk score, and slices of a flagged case shown with heat maps.")
 @click.option("--modality", default=",".join(settings.MODALITIES), show_default=True, metavar="LIST",
-              help="DICOM modalities to score, comma-separated (e.g. MR,OT); others are skipped.")
+              help="DICOM modalities to score, comma-separated (e.g. MR,OT; NONE: images whose header names "
+                   "none); others are skipped.")
 @device_option
 @precision_option
 @choice("--engine", settings.ENGINES,
@@ -595,7 +647,7 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
     Example:
       triage scan ./incoming --out reports/report.pdf
     """
-    run = CommandRun(quiet, log_file, verbose, input_dir, desc="scan")
+    run = CommandRun(quiet, log_file, verbose, _scan_writes(input_dir, out, csv_path, model), desc="scan")
     from triage.scan.run import run_scan
 
     dicom = _dicom_options(dicom_out, send, called_ae, calling_ae)

@@ -38,6 +38,7 @@ SCAN_BATCH_SIZE = 16
 TOP_K = 3
 MAX_REPORT_CASES = 200
 MODALITIES = ("MR",)  # DICOM modalities scored by default
+NO_MODALITY = "NONE"  # among the modalities: DICOM images whose header names no Modality
 WORKERS = 1
 
 # DICOM results (--dicom-out) and sending them (--send).

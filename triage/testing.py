@@ -33,6 +33,8 @@ IMAGE_SIZE = 32  # the model input side of every test model
 # The shared public data set, beside the project (tests that compare with Keras use it when present).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_tumor_dataset"
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"  # SOP class of an enhanced (multi-frame) MR image
 # The tiny model's training: the thesis's recipe (Adam 1e-3, L2 0.01) for 5 epochs at 32 px. On the
 # blob set (make_blob_dataset, seed 0) it scores every disc above every noise image (validation
 # accuracy 1.0), discs from about 0.6 to 0.95, noise about 0.4: scores that mean something, none
@@ -175,6 +177,73 @@ def write_series(folder: Path, study: str, name: str, n: int, tumour_slices: Seq
     return positions
 
 
+def enhanced_mr(path: Path, slopes: tuple[float, ...], zs: tuple[float, ...]) -> Path:
+    """An enhanced multi-frame MR built from MR_small: one frame per slope, at the given positions
+    (per-frame position, rescale and window; the orientation, axial, in the shared group)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = ds.pixel_array
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
+    ds.SeriesInstanceUID = generate_uid()
+    ds.NumberOfFrames = len(slopes)
+    ds.PixelData = np.stack([pixels] * len(slopes)).tobytes()
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "WindowCenter", "WindowWidth"):
+        delattr(ds, keyword)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = list(AXIAL)
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for slope, z in zip(slopes, zs):
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([Dataset()])
+        frame.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, z]
+        frame.PixelValueTransformationSequence = Sequence([Dataset()])
+        frame.PixelValueTransformationSequence[0].RescaleSlope = slope
+        frame.PixelValueTransformationSequence[0].RescaleIntercept = 0
+        frame.FrameVOILUTSequence = Sequence([Dataset()])
+        frame.FrameVOILUTSequence[0].WindowCenter = 2000 * slope
+        frame.FrameVOILUTSequence[0].WindowWidth = 4000 * slope
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.save_as(path)
+    return path
+
+
+def two_stack_file(path: Path) -> Path:
+    """An enhanced multi-frame file holding two stacks: 3 axial frames, then 3 sagittal ones."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    enhanced_mr(path, slopes=(1.0,) * 6, zs=(0.0, 1.0, 2.0, 0.0, 1.0, 2.0))
+    ds = pydicom.dcmread(path)
+    for frame in range(3, 6):
+        plane = Dataset()
+        plane.ImageOrientationPatient = list(SAGITTAL)
+        ds.PerFrameFunctionalGroupsSequence[frame].PlaneOrientationSequence = Sequence([plane])
+    ds.save_as(path)
+    return path
+
+
+def dicom_declaring(path: Path, frames: int, side: int, data: int) -> Path:
+    """MR_small whose header declares ``frames`` frames of ``side`` x ``side`` while its pixel data
+    hold ``data`` bytes (a ramp)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.NumberOfFrames, ds.Rows, ds.Columns = frames, side, side
+    ds.PixelData = (np.arange(data) % 251).astype(np.uint8).tobytes()
+    ds.save_as(path)
+    return path
+
+
 # --------------------------------------------------------------------------- NIfTI
 
 
@@ -182,6 +251,22 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def nifti_with(path: Path, *, shape: tuple[int, ...] = (4, 4, 4), srow: float | None = None) -> Path:
+    """A NIfTI volume of ones of ``shape``, placed by its sform; ``srow`` replaces the affine's first
+    value in the file (NaN or infinity: nibabel refuses to write such an affine itself)."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ones(shape, np.int16), np.eye(4))
+    image.header.set_qform(None, code=0)
+    image.header.set_sform(np.eye(4), code=1)
+    nib.save(image, path)
+    if srow is not None:
+        raw = bytearray(path.read_bytes())
+        raw[280:284] = np.float32(srow).tobytes()  # srow_x[0] of the NIfTI-1 header
+        path.write_bytes(bytes(raw))
     return path
 
 

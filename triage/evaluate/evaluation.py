@@ -30,7 +30,7 @@ from triage.labelled.copies import image_fingerprint, near_matches
 from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
 from triage.labelled.metrics import binary_metrics, wilson
 from triage.model.card import TrainingImages, check_threshold, read_card
-from triage.model.loading import find_model
+from triage.model.loading import check_run_writes, find_model
 from triage.model.summary import ModelSummary
 from triage.outputs.atomic import atomic_write_text
 from triage.results.run_record import RUN_FILE, run_record
@@ -38,6 +38,7 @@ from triage.versions import library_versions
 
 OUTPUTS = {"metrics": "metrics.json", "predictions": "predictions.csv", "roc_curve": "roc_curve.png",
            "confusion_matrix": "confusion_matrix.png", "reliability_diagram": "reliability_diagram.png"}
+EVALUATION_FILES = frozenset([*OUTPUTS.values(), RUN_FILE])
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Evaluation:
     metrics: dict[str, Any]  # of :func:`triage.labelled.metrics.binary_metrics`, with n and intervals
     n_images: int
     skipped: tuple[dict[str, str], ...]  # path, status and reason of each file that could not be read
+    # Path, status and reason of each file not read at all: volumes and DICOM files without an image
+    # extension (``skipped``: `triage scan` reads them), and files that are no images (``unsupported``).
+    not_read: tuple[dict[str, str], ...]
     copies_of_training: tuple[str, ...]  # files that are copies of images the model was trained on
     metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
     calibration: dict[str, Any]  # Brier and ECE of the raw output and of the probability, with n and CIs
@@ -105,38 +109,64 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     labelled = index_labelled(Path(data_dir), positive, seed=None)
     folder = find_model(model)
-    out_dir = Path(out_dir) if out_dir else Path(f"evaluation-{read_card(folder).model_id}")
-    _check_out_dir(out_dir, force)  # before the model is loaded: a refusal should not wait for it
+    out_dir = evaluation_folder(out_dir, folder)
+    # Before the model is loaded: a refusal should not wait for it.
+    check_run_writes([("the evaluation folder", "out", out_dir)], ("the data folder", Path(data_dir)), folder)
+    _check_out_dir(out_dir, force)
     loaded = load_for_inference(folder, device, precision=precision)
     threshold = loaded.threshold(threshold)
     hooks.on_start(len(labelled.files))
     scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance)
-    evaluation = _evaluation(out_dir, loaded, scores, threshold)
+    evaluation = _evaluation(out_dir, loaded, scores, threshold, labelled)
     manifest = _manifest(evaluation, labelled, batch_size, started, time.perf_counter() - clock)
     _write_folder(out_dir, labelled, scores, _metrics_json(data_dir, labelled, evaluation), manifest)
     return evaluation
 
 
-def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold: float) -> Evaluation:
+def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold: float,
+                labelled: LabelledSet) -> Evaluation:
     fresh = ~scores.copy_of_training
     clean = (binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
              if scores.copy_of_training.any() else None)
     copies = tuple(f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c)
     far = scores.distances
     unfamiliar = None if far is None else wilson(int((far > 1).sum()), len(scores.files))
+    not_read = tuple({"path": path, "status": status, "reason": reason}
+                     for path, status, reason in labelled.ignored)
     return Evaluation(out_dir, loaded.summary, threshold,
                       binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
-                      scores.skipped, copies, clean,
+                      scores.skipped, not_read, copies, clean,
                       before_and_after(scores.labels, scores.raw_probabilities, scores.probabilities),
                       unfamiliar)
 
 
+def evaluation_folder(out_dir: Path | None, model_folder: Path) -> Path:
+    """Where an evaluation goes: ``out_dir``, else ``./evaluation-<model id>``."""
+    return Path(out_dir) if out_dir else Path(f"evaluation-{read_card(model_folder).model_id}")
+
+
 def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """An existing folder is replaced only when asked to, and only when it holds an earlier evaluation."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} exists and is not a folder.", option="out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    held = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not held:
+        return
+    if not force:
         raise UsageError(f"{out_dir} already holds files (an earlier evaluation?); choose another "
                          f"folder or replace it.", option="force")
+    foreign = [name for name in held if name not in EVALUATION_FILES]
+    if foreign or not _is_evaluation(out_dir / RUN_FILE):
+        what = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "") if foreign else "no run.json"
+        raise UsageError(f"{out_dir} holds more than an earlier evaluation ({what}): only an evaluation "
+                         f"is replaced; choose another folder.", option="out")
+
+
+def _is_evaluation(run_file: Path) -> bool:
+    try:
+        return json.loads(run_file.read_text(encoding="utf-8")).get("command") == "evaluate"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: int, stop: Stop,
@@ -193,7 +223,7 @@ def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation)
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"path": str(Path(data_dir).resolve()), "n_images": evaluation.n_images,
                  "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
-                 "skipped": list(evaluation.skipped)},
+                 "skipped": list(evaluation.skipped), "not_read": list(evaluation.not_read)},
         "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
                   "backbone_weights": model.backbone_weights, "calibration": model.calibration,
                   "calibration_sha256": model.calibration_sha256},
@@ -209,7 +239,8 @@ def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation)
 def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, started: dt.datetime,
               seconds: float) -> dict[str, Any]:
     """The content of ``run.json``, written last (see :mod:`triage.results.run_record`)."""
-    counts = {"found": len(labelled.files), "scored": evaluation.n_images, "skipped": len(evaluation.skipped),
+    counts = {"found": len(labelled.files) + len(labelled.ignored), "scored": evaluation.n_images,
+              "skipped": len(evaluation.skipped), "not_read": len(evaluation.not_read),
               "copies_of_training": len(evaluation.copies_of_training)}
     finished = dt.datetime.now(dt.timezone.utc)
     return run_record("evaluate", evaluation.model, threshold=evaluation.threshold,

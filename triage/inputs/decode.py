@@ -20,11 +20,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from triage.errors import ImageLoadError, short_reason
 from triage.inputs.dicom import decode_dicom
 from triage.inputs.formats import HEAD_BYTES, MAX_PIXELS, NOT_AN_IMAGE, has_image_signature, looks_like_image
-from triage.inputs.integrity import decoded_whole
-from triage.inputs.pixels import gray_to_rgb, scale
+from triage.inputs.integrity import decoded_whole, png_chunks
+from triage.inputs.pixels import depth_of, gray_to_rgb, require_signal, scale
 
-# Bump when decoding changes what pixels a file gives: it is part of the feature-cache key.
-DECODER_VERSION = 3
+# Bump when decoding changes what pixels a file gives: it is part of the feature-cache key
+# and of the settings an incremental scan must match.
+DECODER_VERSION = 4
 
 # Pillow is limited to raster formats that decode in-process: EPS would run
 # Ghostscript, and text-like formats (XBM, XPM) would accept plain text files.
@@ -193,7 +194,9 @@ def _decode_pillow(image: Image.Image, data: bytes) -> tuple[np.ndarray, str]:
         image.load()  # decode here, inside the try, so truncation is reported
         complete = decoded_whole(image, fmt, data)
         image = ImageOps.exif_transpose(image)
-        pixels = _pillow_rgb(image)
+        pixels = _pillow_rgb(image, data)
+    except ImageLoadError:
+        raise
     except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, ...
         raise ImageLoadError("unreadable", short_reason(err)) from err
     if not complete:
@@ -201,11 +204,35 @@ def _decode_pillow(image: Image.Image, data: bytes) -> tuple[np.ndarray, str]:
     return pixels, fmt
 
 
-def _pillow_rgb(image: Image.Image) -> np.ndarray:
+def _pillow_rgb(image: Image.Image, data: bytes) -> np.ndarray:
+    """RGB pixels: gray deeper than 8 bits scaled by the depth its data use, float by its range.
+
+    A 12-bit MRI stored in 16 bits uses 0..4095: keeping the high byte would
+    leave it nearly black, and stretching its own minimum..maximum would change
+    its contrast with its content. Scaled from 0..4095 (PNG's ``sBIT`` says the
+    depth where present; else the smallest depth that holds the largest value),
+    it looks as the same scan stored in 8 bits does.
+
+    Raises:
+        ImageLoadError: ``skipped``, for a deep image that shows nothing (see :func:`require_signal`):
+            stretched, it would pass for a black one.
+    """
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # 16- and 32-bit gray has no fixed range in practice (a 12-bit MRI stored in 16 bits uses
-        # 0..4095; keeping the high byte would leave it nearly black): stretch the range used,
-        # as a DICOM series without a stored window is.
-        return gray_to_rgb(scale(np.asarray(image, dtype=np.float64)))
+        values = np.asarray(image)
+        require_signal(values)
+        if image.mode == "F" or values.min() < 0:
+            return gray_to_rgb(scale(values))
+        bits = _significant_bits(data) or depth_of(values)
+        return gray_to_rgb(scale(values, 0, (1 << bits) - 1))
     # As Keras's load_img(color_mode="rgb") does: alpha dropped, not composited.
     return np.array(image.convert("RGB"))
+
+
+def _significant_bits(data: bytes) -> int | None:
+    """The bits a gray PNG's samples use, from its ``sBIT`` chunk; None when it has none."""
+    if not data.startswith(b"\x89PNG"):
+        return None
+    for body in png_chunks(data, b"sBIT"):
+        if len(body) and 1 <= body[0] <= 16:
+            return int(body[0])
+    return None

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from triage.errors import ImageLoadError, short_reason
-from triage.inputs.dicom import DICOM_DEFER_BYTES
+from triage.inputs.dicom import DICOM_DEFER_BYTES, check_pixel_data, check_size, deflated_header
 from triage.inputs.discovery import FoundFile
-from triage.inputs.formats import DICOM_FIRST_GROUPS, MAX_PIXELS
+from triage.inputs.formats import DICOM_FIRST_GROUPS, HEAD_BYTES
 from triage.inputs.study import StudyFacts
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -41,6 +42,15 @@ _STACK_KEYWORDS = (
 LOCALIZER_MAX_SLICES = 3
 # Two stacks whose normals meet at more than 60 degrees count as orthogonal.
 _ORTHOGONAL_COS = 0.5
+# Orientations whose direction cosines differ by no more than this are one orientation (noise in
+# the last decimals); stacks of one series in other planes differ by far more.
+ORIENTATION_TOLERANCE = 1e-3
+# Bytes decoding one sample may hold: its stored value, and float64 values before the window.
+_BYTES_PER_SAMPLE = 16
+# Compressed bytes read to check a deflated data set's header before pydicom inflates it whole.
+_DEFLATED_HEAD_BYTES = 1 << 20
+# Value representations whose length field takes 4 bytes after 2 reserved ones (explicit VR).
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,14 @@ class DicomImage:
     modality: str
     description: str
     typed_localizer: bool  # ImageType or FrameType says LOCALIZER
-    stack_key: tuple[object, ...]
+    stack_key: tuple[str, ...]  # besides the orientation, what tells stacks of one series apart
+    orientation: tuple[float, ...] | None
     normal: tuple[float, float, float] | None
     position: tuple[float, float, float] | None
     instance: int | None
     window: tuple[float, float] | None  # the stored window (lo, hi) of a grayscale image
     study: StudyFacts = StudyFacts()
+    cost: int = 0  # bytes decoding it may hold
 
 
 @dataclass(frozen=True)
@@ -72,16 +84,76 @@ class Stack:
     localizer: bool
 
 
-def read_header(path: Path) -> pydicom.Dataset | None:
-    """The file's data set without its pixel data; None when the file is no DICOM."""
+@dataclass(frozen=True)
+class Header:
+    """A file's data set without its pixel data, and where its pixel data lie.
+
+    Attributes:
+        ds: The data set, up to the pixel data.
+        pixel_length: The length the pixel data element declares; None when undefined (compressed
+            frames) or unknown (a deflated data set).
+        available: Bytes the file holds from the start of the pixel data value; None when unknown.
+    """
+
+    ds: pydicom.Dataset
+    pixel_length: int | None
+    available: int | None
+
+    @property
+    def deflated(self) -> bool:
+        return self.available is None
+
+
+def read_header(path: Path) -> Header | None:
+    """The file's header; None when the file is no DICOM (or so corrupt that it reads as none).
+
+    A deflated data set is first checked from the start of its inflated data,
+    since pydicom inflates it whole.
+
+    Raises:
+        ImageLoadError: a deflated data set whose frames are too large.
+    """
     try:
         with open(path, "rb") as handle:
-            head = handle.read(132)
-        if head[128:132] != b"DICM" and head[:2] not in DICOM_FIRST_GROUPS:
-            return None
-        return pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=DICOM_DEFER_BYTES)
+            head = handle.read(HEAD_BYTES)
+            if head[128:132] != b"DICM" and head[:2] not in DICOM_FIRST_GROUPS:
+                return None
+            deflated = None
+            if DeflatedExplicitVRLittleEndian.encode() in head:  # the file meta names the syntax
+                deflated = deflated_header(head + handle.read(_DEFLATED_HEAD_BYTES))
+            if deflated is not None and is_image(deflated):
+                check_size(deflated)
+            handle.seek(0)
+            ds = pydicom.dcmread(handle, force=True, stop_before_pixels=True, defer_size=DICOM_DEFER_BYTES)
+            if deflated is not None:
+                return Header(ds, None, None)
+            start = handle.tell()  # pydicom stopped at the pixel data element's tag, or at the end
+            value = _pixel_value(handle.read(12), ds)
+            size = os.fstat(handle.fileno()).st_size
+    except ImageLoadError:
+        raise
     except Exception:  # unreadable or not DICOM: the single-image path reports it
         return None
+    if value is None:  # no pixel data element at all
+        return Header(ds, 0, 0)
+    length, header_size = value
+    return Header(ds, length, max(size - start - header_size, 0))
+
+
+def _pixel_value(raw: bytes, ds: pydicom.Dataset) -> tuple[int | None, int] | None:
+    """(declared length, None when undefined; the element header's size) of the pixel data element
+    whose header is ``raw``, read as pydicom reads it; None when the data set ends before one."""
+    if len(raw) < 8:
+        return None
+    implicit, little = ds.original_encoding
+    if implicit:
+        field, size = raw[4:8], 8
+    elif raw[4:6] in _LONG_VRS:
+        field, size = raw[8:12], 12
+    else:
+        field, size = raw[6:8], 8
+    length = int.from_bytes(field, "big" if little is False else "little")
+    return (None if length == 0xFFFFFFFF else length), size
 
 
 def is_dicomdir(ds: pydicom.Dataset) -> bool:
@@ -97,35 +169,33 @@ def modality(ds: pydicom.Dataset | FrameView) -> str:
     return str(ds.get("Modality") or "").upper()
 
 
-def check_size(ds: pydicom.Dataset) -> None:
-    """Refuse, from the header, a file whose frames hold more than MAX_PIXELS samples."""
-    try:
-        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        samples = int(ds.get("SamplesPerPixel") or 1)
-        frames = frame_count(ds)
-    except (TypeError, ValueError) as err:
-        raise ImageLoadError("unreadable", f"bad DICOM image size ({short_reason(err)})") from err
-    if rows * columns * frames * samples > MAX_PIXELS:
-        raise ImageLoadError("too_large", f"{columns}x{rows} pixels x {frames} frames x {samples} samples "
-                                          f"exceeds the limit of {MAX_PIXELS:,} pixels")
-
-
 def frame_count(ds: pydicom.Dataset) -> int:
     return max(_int(ds.get("NumberOfFrames")) or 1, 1)
 
 
-def images_of(found: FoundFile, ds: pydicom.Dataset) -> list[DicomImage]:
+def images_of(found: FoundFile, header: Header) -> list[DicomImage]:
     """One image per frame of a multi-frame file, else one for the file.
 
     Raises:
-        ImageLoadError: the header claims more frames than the file has bytes.
+        ImageLoadError: frames too large, or pixel data that do not hold what the header declares.
     """
-    frames = frame_count(ds)
-    if found.size is not None and frames > found.size:
-        raise ImageLoadError("unreadable", f"{frames} frames cannot fit in a file of {found.size} bytes")
+    ds = header.ds
+    frames = check_size(ds)
+    if not header.deflated:
+        check_pixel_data(ds, header.pixel_length, header.available or 0)
+    cost = _frame_cost(ds) + (_whole_cost(ds) if header.deflated else 0)  # deflated: inflated whole
     if frames == 1:
-        return [_image(found, None, FrameView(ds, None))]
-    return [_image(found, frame, FrameView(ds, frame)) for frame in range(frames)]
+        return [_image(found, None, FrameView(ds, None), cost)]
+    return [_image(found, frame, FrameView(ds, frame), cost) for frame in range(frames)]
+
+
+def _frame_cost(ds: pydicom.Dataset) -> int:
+    return int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * int(ds.get("SamplesPerPixel") or 1) \
+        * _BYTES_PER_SAMPLE
+
+
+def _whole_cost(ds: pydicom.Dataset) -> int:
+    return _frame_cost(ds) * frame_count(ds)
 
 
 class FrameView:
@@ -154,9 +224,8 @@ def functional_group(ds: pydicom.Dataset, frame: int | None, keyword: str) -> py
     return None
 
 
-def _image(found: FoundFile, frame: int | None, view: FrameView) -> DicomImage:
+def _image(found: FoundFile, frame: int | None, view: FrameView, cost: int) -> DicomImage:
     orientation = _floats(view.get("ImageOrientationPatient"), 6)
-    rounded = None if orientation is None else tuple(round(value, 3) for value in orientation)
     return DicomImage(
         found=found, frame=frame,
         study_uid=str(view.get("StudyInstanceUID") or ""),
@@ -164,12 +233,14 @@ def _image(found: FoundFile, frame: int | None, view: FrameView) -> DicomImage:
         modality=modality(view),
         description=str(view.get("SeriesDescription") or ""),
         typed_localizer="LOCALIZER" in _values(view, "ImageType") + _values(view, "FrameType"),
-        stack_key=(rounded, *(str(view.get(keyword) or "") for keyword in _STACK_KEYWORDS)),
+        stack_key=tuple(str(view.get(keyword) or "") for keyword in _STACK_KEYWORDS),
+        orientation=orientation,
         normal=_normal(orientation),
         position=_floats(view.get("ImagePositionPatient"), 3),
         instance=_int(view.get("InstanceNumber")),
         window=stored_window(view),
         study=study_facts(view.ds),
+        cost=cost,
     )
 
 
@@ -193,18 +264,52 @@ def group_stacks(images: Sequence[DicomImage]) -> list[Stack]:
     """Images grouped by study and series, split into stacks, each ordered, localizers marked.
 
     A series without a SeriesInstanceUID cannot be told from others, so each of
-    its files is a series of its own.
+    its files is a series of its own. A SeriesInstanceUID found in several
+    studies (anonymisers and phantoms reuse them) is a series of each, its id
+    qualified by the study's.
     """
-    series: dict[tuple[str, str], dict[tuple[object, ...], list[DicomImage]]] = defaultdict(
-        lambda: defaultdict(list))
+    series: dict[tuple[str, str], list[DicomImage]] = defaultdict(list)
     for image in images:
-        series[(image.study_uid, image.series_uid or image.found.relpath)][image.stack_key].append(image)
+        series[(image.study_uid, image.series_uid or image.found.relpath)].append(image)
+    studies_of = defaultdict(set)
+    for study, series_id in series:
+        studies_of[series_id].add(study)
     stacks: list[tuple[str, list[DicomImage]]] = []
-    for (_, series_id), by_key in series.items():
-        for number, key in enumerate(sorted(by_key, key=str), start=1):
-            stacks.append((series_id if len(by_key) == 1 else f"{series_id}/{number}", by_key[key]))
+    for (study, series_id), members in series.items():
+        name = series_id if len(studies_of[series_id]) == 1 else f"{study}/{series_id}"
+        parts = split_stacks(members)
+        stacks.extend((name if len(parts) == 1 else f"{name}/{number}", part)
+                      for number, part in enumerate(parts, start=1))
     flags = localizer_flags([members for _, members in stacks])
     return [Stack(stack_id, *order_stack(members), flag) for (stack_id, members), flag in zip(stacks, flags)]
+
+
+def split_stacks(images: Sequence[DicomImage]) -> list[list[DicomImage]]:
+    """The stacks of one series: by echo, time and stack keys, then by orientation within a tolerance.
+
+    Orientations are compared, not rounded: two values either side of a
+    rounding boundary would otherwise split one stack into two interleaved ones.
+    """
+    by_key: dict[tuple[str, ...], list[DicomImage]] = defaultdict(list)
+    for image in sorted(images, key=lambda image: (image.found.relpath, image.frame or 0)):
+        by_key[image.stack_key].append(image)
+    stacks: list[list[DicomImage]] = []
+    for key in sorted(by_key):
+        planes: list[tuple[tuple[float, ...] | None, list[DicomImage]]] = []
+        for image in by_key[key]:
+            plane = next((members for orientation, members in planes
+                          if _same_orientation(orientation, image.orientation)), None)
+            if plane is None:
+                planes.append((image.orientation, plane := []))
+            plane.append(image)
+        stacks.extend(members for _, members in planes)
+    return stacks
+
+
+def _same_orientation(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return max(abs(x - y) for x, y in zip(a, b)) <= ORIENTATION_TOLERANCE
 
 
 def single_stacks(images: Sequence[DicomImage]) -> list[Stack]:
@@ -265,7 +370,7 @@ def frame_values(path: Path, frame: int | None) -> tuple[np.ndarray, str]:
         ImageLoadError: too large, or pixel data or LUTs that cannot be decoded.
     """
     ds = _frame_header(path) if frame is not None else _dataset(path)
-    check_size(ds)
+    check_size(ds)  # the file may have changed since its header was read
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     try:
         # A frame is read from the file alone; a single-frame file from its data set.

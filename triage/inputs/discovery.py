@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.errors import UsageError
+from triage.errors import Stopped, UsageError
 
 # Files that operating systems and file managers leave behind; never images.
 JUNK_NAMES: frozenset[str] = frozenset({
@@ -53,7 +53,7 @@ class FoundFile:
     mtime_ns: int | None = None
 
 
-def discover(root: Path) -> Iterator[FoundFile]:
+def discover(root: Path, should_stop: Callable[[], bool] | None = None) -> Iterator[FoundFile]:
     """Walk ``root`` recursively and list every file found, sorted by relpath.
 
     Directory symlinks are not followed (so a walk cannot loop); hidden and
@@ -62,12 +62,14 @@ def discover(root: Path) -> Iterator[FoundFile]:
 
     Args:
         root: The input folder.
+        should_stop: Polled for each folder listed; True stops with :class:`~triage.errors.Stopped`.
 
     Returns:
         An iterator over one :class:`FoundFile` per entry, in ``relpath`` order.
 
     Raises:
         UsageError: ``root`` is not a folder that can be listed.
+        Stopped: a stop was asked for.
     """
     base = Path(os.path.abspath(root))
     if not base.is_dir():
@@ -76,6 +78,8 @@ def discover(root: Path) -> Iterator[FoundFile]:
     rows: list[FoundFile] = []
     pending: list[tuple[Path, str]] = [(base, "")]  # a stack, not recursion: trees can be deep
     while pending:
+        if should_stop is not None and should_stop():
+            raise Stopped("the scan was stopped while it listed the files; no output was changed")
         folder, prefix = pending.pop()
         try:
             with os.scandir(folder) as listing:
@@ -100,27 +104,47 @@ def discover(root: Path) -> Iterator[FoundFile]:
     return iter(sorted(rows, key=lambda row: row.relpath))
 
 
+# What cannot be written as text: a byte that is not UTF-8 (read as a lone surrogate) and
+# control characters (line breaks among them; a tab is text).
+_UNWRITABLE = "[\udc80-\udcff\x00-\x08\x0a-\x1f\x7f]"
+# A run of backslashes that a reader would take as the start of an escape.
+_BEFORE_ESCAPE = re.compile(rf"(\\+)(?=x[0-9a-f]{{2}}|{_UNWRITABLE})")
+
+
 def display_path(name: str | bytes) -> str:
     """A file name (or relative path) as text that is unique and maps back to its bytes.
 
-    The name's bytes are read as UTF-8. A byte that is not part of valid UTF-8
-    is written ``\\xHH`` (two lower-case hex digits), and a backslash in the
-    name is doubled, so ``scan\\xff.jpg`` is the byte 0xff and ``scan\\\\xff.jpg``
-    a name spelled with a backslash. Every other character is kept as it is,
-    line breaks included. :func:`path_bytes` is the inverse.
+    Text is written as it is (``C:\\scans\\brain.png`` keeps its backslashes).
+    Only what cannot be written as text is escaped, as ``\\xHH`` (two lower-case
+    hex digits): a byte that is not part of valid UTF-8, and a control character
+    (a line break; a tab is kept). So that an escape is never ambiguous, the
+    backslashes right before something that reads as one (an escape, or a
+    literal ``x`` and two lower-case hex digits) are doubled: ``scan\\xff.jpg``
+    is the byte 0xff, ``scan\\\\xff.jpg`` a name spelled with a backslash.
+    :func:`path_bytes` is the inverse.
     """
-    raw = os.fsencode(name)
-    # A backslash byte is never part of a multi-byte UTF-8 character.
-    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    text = os.fsencode(name).decode("utf-8", "surrogateescape")
+    text = _BEFORE_ESCAPE.sub(lambda match: match.group(1) * 2, text)
+    return re.sub(_UNWRITABLE, _escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00 if code >= 0xDC00 else code:02x}"
 
 
 def path_bytes(text: str) -> bytes:
-    """The bytes of the name or path that :func:`display_path` wrote as ``text``."""
-    def unescape(match: re.Match[bytes]) -> bytes:
-        escape = match.group(1)
-        return b"\\" if escape == b"\\" else bytes([int(escape[1:], 16)])
+    """The bytes of the name or path that :func:`display_path` wrote as ``text``.
 
-    return re.sub(rb"\\(\\|x[0-9a-f]{2})", unescape, text.encode("utf-8"))
+    Before ``x`` and two lower-case hex digits, an odd run of backslashes ends
+    in an escape and an even one does not; each pair stands for one backslash.
+    """
+    def unescape(match: re.Match[bytes]) -> bytes:
+        run, digits = match.group(1), match.group(2)
+        literal = b"\\" * (len(run) // 2)
+        return literal + (bytes([int(digits, 16)]) if len(run) % 2 else b"x" + digits)
+
+    return re.sub(rb"(\\+)x([0-9a-f]{2})", unescape, text.encode("utf-8"))
 
 
 def _skipped_folder(name: str) -> str:

@@ -13,6 +13,8 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 # Images with more pixels are refused before their pixels are decoded.
 MAX_PIXELS: int = 100_000_000
+# A volume whose values take more bytes to decode (stored and as float64) is refused from its header.
+MAX_DECODED_BYTES: int = 16 * MAX_PIXELS
 # A file is identified from this many first bytes before it is read whole.
 HEAD_BYTES = 4096
 # The first tag group of a DICOM data set without the 128-byte preamble: file

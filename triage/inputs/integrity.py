@@ -46,7 +46,7 @@ def _png_data_complete(data: bytes) -> bool:
         if columns > 0 and rows > 0:  # an empty pass has no filter bytes either
             needed += rows * (1 + (columns * bits + 7) // 8)
     inflater, got = zlib.decompressobj(), 0
-    for body in _png_chunks(data, b"IDAT"):
+    for body in png_chunks(data, b"IDAT"):
         while got < needed:  # in bounded steps, since the data may inflate far
             out = inflater.decompress(body, _BLOCK)
             got, body = got + len(out), inflater.unconsumed_tail
@@ -55,7 +55,7 @@ def _png_data_complete(data: bytes) -> bool:
     return got >= needed
 
 
-def _png_chunks(data: bytes, kind: bytes) -> Iterator[memoryview]:
+def png_chunks(data: bytes, kind: bytes) -> Iterator[memoryview]:
     """The bodies of a PNG's chunks of one kind, in file order."""
     view, at = memoryview(data), 8
     while at + 8 <= len(data):

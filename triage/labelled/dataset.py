@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from triage.errors import DataError
-from triage.inputs.formats import IMAGE_EXTENSIONS
+from triage.inputs.formats import DICOM_FIRST_GROUPS, IMAGE_EXTENSIONS
+from triage.inputs.nifti import is_nifti
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class LabelledSet:
     root: Path
     files: tuple[LabelledFile, ...]
     class_names: tuple[str, str]  # (negative, positive)
-    ignored: tuple[tuple[str, str], ...]  # (relpath, reason) of files that are not images
+    # (relpath, status, reason) of the files not read: ``skipped`` for a scan that only `triage scan`
+    # reads (a NIfTI volume, a DICOM file without an image extension), ``unsupported`` for the rest.
+    ignored: tuple[tuple[str, str, str], ...]
 
     @property
     def labels(self) -> np.ndarray:
@@ -87,7 +90,7 @@ def index_labelled(root: Path, positive: str = "yes", seed: int | None = 1337) -
     root = Path(root)
     negative, positive = class_folders(root, positive)
     paths: list[Path] = []
-    ignored: list[tuple[str, str]] = []
+    ignored: list[tuple[str, str, str]] = []
     counts = {negative: 0, positive: 0}
     for name in sorted((negative, positive)):  # Keras indexes classes alphabetically
         class_dir = root / name
@@ -98,10 +101,14 @@ def index_labelled(root: Path, positive: str = "yes", seed: int | None = 1337) -
                     paths.append(path)
                     counts[name] += 1
                 else:
-                    ignored.append((path.relative_to(root).as_posix(), "not an image file name"))
+                    ignored.append((path.relative_to(root).as_posix(), *_not_read(path)))
     empty = [name for name, count in counts.items() if count == 0]
     if empty:
-        raise DataError(f"Class folder {root / empty[0]} holds no image files.")
+        scans = sum(status == "skipped" and relpath.startswith(f"{empty[0]}/")
+                    for relpath, status, _ in ignored)
+        hint = (f" ({scans} volumes or DICOM files without a .dcm extension there are read by triage scan "
+                f"only)" if scans else "")
+        raise DataError(f"Class folder {root / empty[0]} holds no image files{hint}.")
     labels = [int(p.relative_to(root).parts[0] == positive) for p in paths]
     if seed is not None:
         # Two generators with the same seed: Keras shuffles paths and labels separately.
@@ -111,6 +118,22 @@ def index_labelled(root: Path, positive: str = "yes", seed: int | None = 1337) -
         LabelledFile(p, p.relative_to(root).as_posix(), label) for p, label in zip(paths, labels)
     )
     return LabelledSet(root, files, (negative, positive), tuple(ignored))
+
+
+def _not_read(path: Path) -> tuple[str, str]:
+    """The status and reason of a file without an image extension: a scan that only a scan reads, or not
+    an image."""
+    if is_nifti(path):
+        return "skipped", "a NIfTI volume: train and evaluate read 2D image files (triage scan reads volumes)"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        head = b""
+    if head[128:132] == b"DICM" or (not path.suffix and head[:2] in DICOM_FIRST_GROUPS):
+        return "skipped", ("a DICOM file without a .dcm extension: train and evaluate find images by their "
+                           "extension (triage scan reads it)")
+    return "unsupported", "not an image file name"
 
 
 Files = tuple[LabelledFile, ...]

@@ -273,10 +273,28 @@ def read_card(folder: Path) -> ModelCard:
     if version not in READABLE_SCHEMAS:
         raise ModelError(_schema_message(path, version))
     try:
-        return _build(ModelCard, raw)
+        card = _build(ModelCard, raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"Model card {path} is incomplete or malformed ({exc}): train the model "
                          f"again with this version of triage.") from exc
+    _check_values(card, path)
+    return card
+
+
+def _check_values(card: ModelCard, path: Path) -> None:
+    """Refuse a card whose threshold or image size no model could have: it was edited or damaged.
+
+    Raises:
+        ModelError: one sentence naming the value.
+    """
+    threshold = card.threshold
+    if isinstance(threshold, bool) or not 0 <= threshold <= 1:  # NaN fails both comparisons
+        raise ModelError(f"Model card {path} has threshold {threshold!r}, which is not a probability "
+                         f"in [0, 1]: correct it or train the model again.")
+    size = card.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ModelError(f"Model card {path} has image size {size!r}, which is not a positive whole "
+                         f"number of pixels: correct it or train the model again.")
 
 
 def _schema_message(path: Path, version: object) -> str:

@@ -1,4 +1,5 @@
-"""Where a trained model is found: ``--model``, ``$TRIAGE_MODEL``, or the newest under ``models/``."""
+"""Where a trained model is found (``--model``, ``$TRIAGE_MODEL``, or the newest under ``models/``),
+and what a run's outputs must keep clear of."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from triage.errors import ModelError
 from triage.model.card import CARD_FILE, MODEL_FILE, models_root
+from triage.outputs.placement import Protected, Written, check_writes
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +48,25 @@ def _created_at(card_path: Path) -> str:
         return str(json.loads(card_path.read_text(encoding="utf-8")).get("created_at", ""))
     except (OSError, ValueError, AttributeError):
         return ""
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A folder that holds a model file or a model card (the user's model: never written into)."""
+    return (folder / MODEL_FILE).is_file() or (folder / CARD_FILE).is_file()
+
+
+def check_run_writes(written: list[Written], data: Protected, model_folder: Path | None = None) -> None:
+    """A run's outputs keep clear of its input or data folder, its model folder and that model's files
+    (links followed), and of every other model folder: none is written in, over or around.
+
+    Raises:
+        UsageError: one sentence naming the first clash.
+    """
+    protected = [data]
+    if model_folder is not None:
+        protected += [("the model folder", model_folder), ("the model file", model_folder / MODEL_FILE),
+                      ("the model card", model_folder / CARD_FILE)]
+    for _, _, path in written:
+        protected += [("the model folder", folder) for folder in (path, *path.absolute().parents)
+                      if is_model_folder(folder)]
+    check_writes(written, protected)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,6 +235,9 @@ def load_classifier(path: Path) -> "keras.Model":
     import triage.model.layers  # noqa: F401  registers CaffePreprocess, the preprocessing of older models
     if not path.is_file():
         raise ModelError(f"Model file {path} does not exist.")
+    if not zipfile.is_zipfile(path):  # Keras says "File not found" of a cut or foreign file
+        raise ModelError(f"Model file {path} is not a whole Keras archive (cut short, or another kind "
+                         f"of file): copy it again from where it was trained.")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # keras raises many types for a bad archive

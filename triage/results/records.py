@@ -58,6 +58,8 @@ class Row:
         ood_distance: How unlike the training images the image is (:mod:`triage.model.familiarity`);
             above 1 it is unfamiliar. None when not scored or when no familiarity check ran.
         unfamiliar: ``ood_distance > 1``: its score is not to be trusted; None as ``ood_distance``.
+        frame: The frame of a multi-frame DICOM file the row is (0-based, in the file's order); None
+            for any other row.
     """
 
     path: str
@@ -83,11 +85,12 @@ class Row:
     heatmap_note: str | None = None
     ood_distance: float | None = None
     unfamiliar: bool | None = None
+    frame: int | None = None
 
     @property
-    def key(self) -> tuple[str, int | None]:
-        """What tells rows apart: the file, and the slice of it."""
-        return self.path, self.slice_index
+    def key(self) -> tuple[str, int | None, int | None]:
+        """What tells rows apart: the file, the frame of it, and the slice of its case it is."""
+        return self.path, self.frame, self.slice_index
 
     @property
     def ok(self) -> bool:

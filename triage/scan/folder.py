@@ -88,29 +88,32 @@ def scan_folder(
         heatmap_dir: Where overlay PNGs go (None: make no heat maps).
         report_dir: Folder the report lives in; image paths are relative to it.
         reuse: Rows of a previous run by path; a case keeps them when none of its files changed.
-        hooks: ``should_stop`` (True stops the scan, the rest are ``not_scanned``), ``on_start``
-            (the number of rows, images and slices, the run will have), ``advance`` (rows just handled).
+        hooks: ``should_stop`` (polled while the files are listed and sorted too: True stops the
+            scan there with nothing scored, later the rest are ``not_scanned``), ``on_start`` (the
+            number of rows, images and slices, the run will have), ``advance`` (rows just handled).
 
     Returns:
         The run's results: one row per image or slice, in path order; the cases and studies.
 
     Raises:
         UsageError: ``input_dir`` is not a folder.
+        Stopped: a stop was asked for before scoring began.
     """
     options.validate()
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     threshold = model.threshold(options.threshold)
-    found = list(discover(Path(input_dir)))
+    found = list(discover(Path(input_dir), should_stop=hooks.should_stop))
     plan = plan_scan(found, reuse or {}, report_dir, group_by=options.group_by, modalities=options.modalities,
-                     settle=options.settle)
+                     settle=options.settle, should_stop=hooks.should_stop)
     hooks.on_start(plan.total)
     if plan.rows:
         hooks.advance(len(plan.rows))
     stop = Stop(hooks.should_stop)
     writer = _heatmap_writer(heatmap_dir, report_dir, model, options)
     scorer = CaseScorer(model, explain=options.explain, threshold=threshold, aggregate=options.aggregate,
-                        top_k=options.top_k, writer=writer, files={item.relpath: item for item in found},
-                        rows=plan.rows, batch_size=options.batch_size)
+                        top_k=options.top_k, cases={case.case_id: case for case in plan.to_score},
+                        writer=writer, files={item.relpath: item for item in found}, rows=plan.rows,
+                        batch_size=options.batch_size)
     try:
         score_cases(plan, scorer, batch_size=options.batch_size, stop=stop, progress=hooks.advance,
                     ray=options.ray if options.engine == "ray" else None)
@@ -135,9 +138,9 @@ def _collect(input_dir: Path, plan: Plan, model: InferenceModel, options: ScanOp
     """Rows in path order (what a stop left unscored ``not_scanned``), copies marked, verdicts."""
     for case in plan.to_score:
         for slice_ in case.slices:
-            plan.rows.setdefault((slice_.relpath, slice_.slice_index), Row(
+            plan.rows.setdefault(slice_.key, Row(
                 slice_.relpath, "not_scanned", reason="the run was interrupted before this file",
-                **case_fields(case, slice_.slice_index)))
+                **case_fields(case, slice_)))
     rows = mark_copies(rows_in_path_order(plan.rows, plan.found))
     summaries, studies = verdicts(plan.cases, rows, threshold, options.aggregate, options.top_k)
     return ScanResult(

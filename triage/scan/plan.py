@@ -13,13 +13,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from triage.inputs.cases import Case, build_cases, image_case
+from triage import settings
+from triage.inputs.cases import Case, Slice, build_cases, image_case, unique_case_ids
 from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
 
-RowKey = tuple[str, int | None]
+RowKey = tuple[str, int | None, int | None]  # Row.key and Slice.key: the file, its frame, the slice index
 # Statuses that say a file is no image at all: such a loose file is no case.
 NOT_IMAGES = frozenset({"unsupported", "empty"})
 
@@ -39,30 +40,32 @@ class Plan:
         return len(self.rows) + sum(len(case.slices) for case in self.to_score)
 
 
-def case_fields(case: Case, slice_index: int | None = None) -> dict[str, Any]:
-    """The fields a row takes from its case."""
+def case_fields(case: Case, slice_: Slice | None = None) -> dict[str, Any]:
+    """The fields a row takes from its case, and from its slice when it is one."""
     return {"case_id": case.case_id, "study_uid": case.study_uid or None,
-            "series_uid": case.series_uid or None, "slice_index": slice_index}
+            "series_uid": case.series_uid or None, "slice_index": slice_.slice_index if slice_ else None,
+            "frame": slice_.frame if slice_ else None}
 
 
 def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[Row]], report_dir: Path, *,
-              group_by: str = "auto", modalities: Sequence[str] = ("MR",), settle: float = 0.0) -> Plan:
+              group_by: str = settings.GROUP_BY[0], modalities: Sequence[str] = settings.MODALITIES,
+              settle: float = 0.0, should_stop: Callable[[], bool] | None = None) -> Plan:
     """Cases from the files found; rows for what is not scored and for unchanged cases.
 
     Args:
         found: discover()'s rows.
         reuse: The previous run's rows by path (see :func:`triage.scan.state.load_state`).
         report_dir: Folder the report lives in (carried rows' images must still be there).
-        group_by, modalities: See :func:`triage.inputs.cases.build_cases`.
+        group_by, modalities, should_stop: See :func:`triage.inputs.cases.build_cases`.
         settle: Seconds: a case with a file modified more recently is ``deferred`` to a later run.
     """
-    built, loose = build_cases(found, group_by=group_by, modalities=modalities)
+    built, loose = build_cases(found, group_by=group_by, modalities=modalities, should_stop=should_stop)
     images = [image_case(row) for row in loose if row.status is None]
-    cases = sorted(built + images, key=_first_path)
+    cases = unique_case_ids(sorted(built + images, key=_first_path))
     plan = Plan(list(found), [deferred(case, found, settle) for case in cases] if settle > 0 else cases)
     for row in loose:
         if row.status is not None:
-            plan.rows[(row.relpath, None)] = Row(row.relpath, row.status, reason=row.reason)
+            plan.rows[(row.relpath, None, None)] = Row(row.relpath, row.status, reason=row.reason)
     files = {item.relpath: item for item in found}
     counts = Counter(row.case_id for rows in reuse.values() for row in rows)
     for case in plan.cases:
@@ -107,8 +110,8 @@ def _carried(case: Case, reuse: dict[str, list[Row]], previous_count: int,
     same files, no more: a file gone from a series changes its window) and
     every row is ``ok`` with its file and images unchanged.
     """
-    wanted = {(slice_.relpath, slice_.slice_index) for slice_ in case.slices}
-    rows = [row for path in {path for path, _ in wanted} for row in reuse.get(path, ())
+    wanted = {slice_.key for slice_ in case.slices}
+    rows = [row for path in {slice_.relpath for slice_ in case.slices} for row in reuse.get(path, ())
             if row.case_id == case.case_id]
     if previous_count != len(wanted) or len(rows) != len(wanted) or {row.key for row in rows} != wanted:
         return None
@@ -117,9 +120,10 @@ def _carried(case: Case, reuse: dict[str, list[Row]], previous_count: int,
     return [replace(row, new=False) for row in rows]
 
 
-def _row_order(key: RowKey) -> tuple[str, int]:
-    path, slice_index = key
-    return path, -1 if slice_index is None else slice_index
+def _row_order(row: Row) -> tuple[str, int, int]:
+    """A file's rows: by case (a file may hold stacks of two), then slice, then frame."""
+    return (row.case_id or "", -1 if row.slice_index is None else row.slice_index,
+            -1 if row.frame is None else row.frame)
 
 
 def _unchanged(old: Row, item: FoundFile, report_dir: Path) -> bool:
@@ -140,5 +144,5 @@ def rows_in_path_order(rows: dict[RowKey, Row], found: Sequence[FoundFile]) -> l
         by_path.setdefault(row.path, []).append(row)
     ordered: list[Row] = []
     for item in found:
-        ordered.extend(sorted(by_path.get(item.relpath, ()), key=lambda row: _row_order(row.key)))
+        ordered.extend(sorted(by_path.get(item.relpath, ()), key=_row_order))
     return ordered

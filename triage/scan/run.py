@@ -29,7 +29,7 @@ from triage.dicom_out.writer import export_dicom
 from triage.engine.inference import InferenceModel, load_for_inference
 from triage.errors import OutputError, Stopped, UsageError
 from triage.hooks import RunHooks
-from triage.model.loading import find_model
+from triage.model.loading import check_run_writes, find_model
 from triage.outputs.atomic import atomic_write_text
 from triage.outputs.lock import OutputLock
 from triage.results.dicom import SENT, DicomExport
@@ -264,41 +264,9 @@ def _check_request(input_dir: Path, out: Path, csv: Path | None, model: str | Pa
         raise UsageError(f"Input folder {input_dir} does not exist or is not a folder.")
     paths = OutputPaths.for_report(out, csv, dicom.folder)
     folder = find_model(model)
-    check_writes(paths.written() + ([("the log file", "log_file", log_file)] if log_file else []),
-                 input_dir, folder)
+    check_run_writes(paths.written() + ([("the log file", "log_file", log_file)] if log_file else []),
+                     ("the input folder", input_dir), folder)
     return paths, folder
-
-
-FOLDERS = ("the heat-map folder", "the DICOM folder")  # outputs that are folders
-
-
-def check_writes(written: list[tuple[str, str, Path]], input_dir: Path, model_folder: Path | None) -> None:
-    """No path the run writes lies in the input or the model folder, or on another output.
-
-    Raises:
-        UsageError: one sentence naming the first clash.
-    """
-    protected = [("the input folder", input_dir.resolve())]
-    if model_folder is not None:
-        protected.append(("the model folder", model_folder.resolve()))
-    resolved = [(what, option, path, path.resolve()) for what, option, path in written]
-    for what, option, path, real in resolved:
-        for name, folder in protected:
-            if real.is_relative_to(folder):
-                raise UsageError(f"{_sentence(what)} {path} would be written inside {name} {folder}.",
-                                 option=option)
-        if real.exists() and real.is_dir() and what not in FOLDERS:
-            raise UsageError(f"{_sentence(what)} {path} is a folder.", option=option)
-    for i, (what, option, path, real) in enumerate(resolved):
-        for other, other_option, _, other_real in resolved[i + 1:]:
-            if real == other_real or real.is_relative_to(other_real) or other_real.is_relative_to(real):
-                blamed = other_option if option == "out" else option  # the path named on its own
-                raise UsageError(f"{_sentence(what)} and {other} would both be written at {path}.",
-                                 option=blamed)
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def _previous_rows(paths: OutputPaths, settings: dict[str, Any], full: bool) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Cases scored through the one batched predictor, and Grad-CAM for the slices a report shows.
 
-The predictor's items are the slices of the cases to score, case after case. A
+The predictor's items are the slices of the cases to score, case after case
+(each names its case; the decoder and the scorer hold the cases, so an item
+costs the same however long its series is). A
 forward pass gives each slice its probability and its activations at the CAM
 layer. While a case is in flight it keeps the activations and display copies
 of its ``top_k`` highest slices only; once its last slice is in, its score
@@ -27,21 +29,13 @@ from triage.engine.inference import InferenceModel
 from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
 from triage.hashing import sha256_file
-from triage.inputs.cases import Case, Slice, case_score, decode_slice
+from triage.inputs.cases import Case, CaseWindows, Slice, case_score, decode_slice
 from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
 from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.scan.verdicts import slice_rank
 
 FORMATS = {"series": "DICOM", "volume": "NIfTI"}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One slice to score, with its case."""
-
-    case: Case
-    slice: Slice
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,7 +106,7 @@ class CamQueue:
         for kept, cam in zip(self.pending, maps):
             key = kept.row.key
             if usable(cam):
-                part = "" if kept.row.slice_index is None else f"-{kept.row.slice_index}"
+                part = _image_part(kept.row)
                 heatmap, original = self.writer.submit(kept.image.sha256, kept.image.display, cam, part)
                 self.rows[key] = replace(self.rows[key], heatmap=heatmap, original=original)
             else:
@@ -144,21 +138,31 @@ class InFlight:
         del self.top[self.top_k:]
 
 
-class SliceDecoder:
-    """Decodes a job for the model: a loose image as ever (file hash, display copy), a slice with
-    its case's window. Picklable, so the Ray engine's decode tasks run the very same code."""
+def _image_part(row: Row) -> str:
+    """What tells apart the heat maps of one file's images: the frame, else the slice."""
+    part = row.frame if row.frame is not None else row.slice_index
+    return "" if part is None else f"-{part}"
 
-    def __init__(self, image_size: int, display: bool = True) -> None:
+
+class SliceDecoder:
+    """Decodes a slice for the model: a loose image as ever (file hash, display copy), a slice with
+    its case's window (measured once per case). Picklable, so the Ray engine's decode tasks run the
+    very same code; it travels once, with the cases, and each slice names its case."""
+
+    def __init__(self, cases: dict[str, Case], image_size: int, display: bool = True) -> None:
+        self.cases = cases
         self.image_size = image_size
         self.display = display  # keep display copies (for heat maps)
         self.digests = FileDigests()
+        self.windows = CaseWindows()
 
-    def __call__(self, job: Job) -> Decoded:
-        if job.case.kind == "image":
-            return decode_image(job.slice.path, self.image_size, self.display)
-        digest = self.digests.get(job.slice.path)
-        return decode_pixels(lambda: decode_slice(job.slice, job.case), _slice_cost(job), digest,
-                             FORMATS[job.case.kind], self.image_size, self.display)
+    def __call__(self, slice_: Slice) -> Decoded:
+        case = self.cases[slice_.case_id]
+        if case.kind == "image":
+            return decode_image(slice_.path, self.image_size, self.display)
+        digest = self.digests.get(slice_.path)
+        return decode_pixels(lambda: decode_slice(slice_, case, self.windows), _slice_cost(slice_), digest,
+                             FORMATS[case.kind], self.image_size, self.display)
 
 
 class CaseScorer:
@@ -170,6 +174,7 @@ class CaseScorer:
         threshold: Flags a slice's row and a case.
         aggregate, top_k: A case's score (:func:`triage.inputs.cases.case_score`); ``top_k``
             is also how many slices of a flagged case get heat maps.
+        cases: The cases to score, by id.
         writer: Writes heat maps (None: none are made).
         files: discover()'s rows by path (size and mtime of each row).
         rows: Where rows go, by key.
@@ -177,13 +182,13 @@ class CaseScorer:
     """
 
     def __init__(self, model: InferenceModel, *, explain: str, threshold: float, aggregate: str, top_k: int,
-                 writer: HeatmapWriter | None, files: dict[str, FoundFile], rows: dict[RowKey, Row],
-                 batch_size: int) -> None:
+                 cases: dict[str, Case], writer: HeatmapWriter | None, files: dict[str, FoundFile],
+                 rows: dict[RowKey, Row], batch_size: int) -> None:
         self.model, self.explain, self.threshold = model, explain, threshold
         self.aggregate, self.top_k = aggregate, top_k
-        self.files, self.rows = files, rows
+        self.cases, self.files, self.rows = cases, files, rows
         self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
-        self.decode = SliceDecoder(model.image_size, display=writer is not None)
+        self.decode = SliceDecoder(cases, model.image_size, display=writer is not None)
         self.in_flight: dict[str, InFlight] = {}
 
     def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None, float | None]]:
@@ -194,12 +199,12 @@ class CaseScorer:
         return [(float(p), None if kept is None else kept[i], far[i])
                 for i, p in enumerate(probabilities[:n])]
 
-    def take(self, outcome: Outcome[Job]) -> None:
+    def take(self, outcome: Outcome[Slice]) -> None:
         """Record a slice's row; finish its case when it was the last."""
-        job = outcome.item
-        row = self._row(outcome)
+        case = self.cases[outcome.item.case_id]
+        row = self._row(outcome, case)
         self.rows[row.key] = row
-        flight = self.in_flight.setdefault(job.case.case_id, InFlight(len(job.case.slices), self.top_k))
+        flight = self.in_flight.setdefault(case.case_id, InFlight(len(case.slices), self.top_k))
         flight.remaining -= 1
         if row.ok and row.probability is not None:
             flight.probabilities.append(row.probability)
@@ -212,7 +217,7 @@ class CaseScorer:
                 else:
                     flight.offer(row, image, activation)
         if flight.remaining == 0:
-            self._finish(job.case.case_id)
+            self._finish(case.case_id)
 
     def close(self) -> None:
         """Finish the cases a stop left part-scored, and the heat maps still queued."""
@@ -231,13 +236,13 @@ class CaseScorer:
         elif flight.unfamiliar and flight.top:
             self.cams.show(flight.top[0])  # shown as it is: a heat map explains a score not trusted
 
-    def _row(self, outcome: Outcome[Job]) -> Row:
-        job = outcome.item
-        item = self.files[job.slice.relpath]
-        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(job.case, job.slice.slice_index))
+    def _row(self, outcome: Outcome[Slice], case: Case) -> Row:
+        slice_ = outcome.item
+        item = self.files[slice_.relpath]
+        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(case, slice_))
         failure = outcome.failure
         if failure is not None:
-            if job.case.kind == "image" and failure.status in NOT_IMAGES:
+            if case.kind == "image" and failure.status in NOT_IMAGES:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
@@ -250,10 +255,10 @@ class CaseScorer:
                    unfamiliar=None if distance is None else distance > 1.0, **fields)
 
 
-def _slice_cost(job: Job) -> int:
-    """Bytes decoding a slice may hold: four times its share of its file."""
-    shared = len(job.case.slices) if job.case.kind == "volume" or job.slice.frame is not None else 1
-    return 4 * os.stat(job.slice.path).st_size // shared
+def _slice_cost(slice_: Slice) -> int:
+    """Bytes decoding a slice may hold, from its header (a volume's slice: the whole volume's);
+    four times its file's size when the header said nothing."""
+    return slice_.cost or 4 * os.stat(slice_.path).st_size
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
@@ -263,7 +268,7 @@ def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
     Locally through :func:`triage.engine.predictor.predict`, or on Ray Data (``ray``) through
     :func:`triage.engine.ray_data.ray_predict`: the same jobs, decoder and outcomes.
     """
-    jobs: Sequence[Job] = [Job(case, slice_) for case in plan.to_score for slice_ in case.slices]
+    jobs: Sequence[Slice] = [slice_ for case in plan.to_score for slice_ in case.slices]
     if ray is None:
         outcomes = predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
                            progress=progress)

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from triage.engine.inference import InferenceModel
+from triage.inputs.decode import DECODER_VERSION
 from triage.outputs.atomic import atomic_write_text
 from triage.results.records import STATUSES, Row, ScanResult
 from triage.scan.folder import ScanOptions
@@ -35,8 +36,8 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
     model) and the options that decide a row, the batch size, the device (the
     last float bits of a probability depend on both), the precision
     the forward pass ran in (bf16 rows are not fp32 rows) and the versions of
-    the libraries that decode and score: a carried-over row must equal the one
-    a fresh scan would give.
+    the libraries that decode and score, and the decoder's own version: a
+    carried-over row must equal the one a fresh scan would give.
     """
     versions = library_versions()
     return {"model_sha256": model.summary.sha256, "calibration_sha256": model.summary.calibration_sha256,
@@ -46,7 +47,7 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
             "precision": model.summary.precision, "group_by": options.group_by,
             "familiarity": model.card.familiarity.sha256 if model.familiarity is not None else None,
             "aggregate": options.aggregate, "top_k": options.top_k, "modalities": list(options.modalities),
-            "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
+            "decoder": DECODER_VERSION, "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
 
 # The type each state field must have (besides None where the field allows it).
@@ -55,13 +56,13 @@ _ROW_TYPES: dict[str, type] = {
     "raw_probability": float,
     "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
-    "copy_of": str, "heatmap_note": str, "ood_distance": float, "unfamiliar": bool,
+    "copy_of": str, "heatmap_note": str, "ood_distance": float, "unfamiliar": bool, "frame": int,
 }
 _ROW_NAMES = frozenset(f.name for f in dataclasses.fields(Row))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
 _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
-                           "ood_distance", "unfamiliar", "raw_probability"})
+                           "ood_distance", "unfamiliar", "raw_probability", "frame"})
 
 
 def _check_row(row: Any, heatmap_folder: str) -> Row:

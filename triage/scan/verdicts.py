@@ -60,13 +60,14 @@ def _unfamiliar(scored: Sequence[Row]) -> bool | None:
 
 def merge_copies(summaries: Sequence[CaseSummary],
                  rows_by_case: dict[str, list[Row]]) -> list[CaseSummary]:
-    """Summaries with copies told: a case whose rows have the bytes of an earlier case's is its copy."""
+    """Summaries with copies told: a case whose rows have the bytes (and frames) of an earlier case's is
+    its copy; two stacks of one multi-frame file are not copies of each other."""
     merged = list(summaries)
     owners: dict[tuple[str, ...], int] = {}
     for index, summary in enumerate(summaries):
         rows = rows_by_case.get(summary.case_id, [])
-        content = tuple(row.sha256 or "" for row in rows)
-        if not rows or not all(content):
+        content = tuple((row.sha256 or "", row.frame) for row in rows)
+        if not rows or not all(sha for sha, _ in content):
             continue
         if content not in owners:
             owners[content] = index

@@ -48,6 +48,7 @@ from triage.model.card import (
     write_card,
 )
 from triage.model.familiarity import FAMILIARITY_FILE, METHOD, Familiarity
+from triage.model.loading import check_run_writes
 from triage.model.network import (
     CAM_LAYER,
     BackboneWeights,
@@ -116,6 +117,7 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
     out_dir = Path(out_dir) if out_dir else new_model_dir(models_root())
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"Output folder {out_dir} exists and is not empty.", option="out")
+    check_run_writes([("the model folder", "out", out_dir)], ("the data folder", Path(data_dir)))
     labelled = index_labelled(Path(data_dir), config.positive, config.seed)
     split(labelled.files, config.val_split)  # fails early on an empty side
     weights = resolve_backbone_weights(config.backbone_weights, seed=config.seed)
@@ -251,7 +253,7 @@ def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) 
         n_images=len(extracted.indices),
         n_indexed=len(labelled.files),
         skipped=skipped,
-        ignored=tuple(SkippedFile(p, r) for p, r in labelled.ignored),
+        ignored=tuple(SkippedFile(path, reason) for path, _, reason in labelled.ignored),
     )
 
 
