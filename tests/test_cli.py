@@ -134,6 +134,7 @@ def test_train_bad_folder_messages(tmp_path: Path, setup, message: str) -> None:
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow  # --folds 3: each outer fold fits its own out-of-fold calibration and threshold
 def test_train_and_evaluate_through_the_cli(tmp_path: Path, blob_dataset: Path) -> None:
     runner = CliRunner()
     trained = runner.invoke(main, ["train", str(blob_dataset), "--out", str(tmp_path / "model"),
