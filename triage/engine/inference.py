@@ -16,6 +16,7 @@ import numpy as np
 
 from triage.engine.forward import ForwardPass
 from triage.engine.gradcam import GradCam
+from triage.engine.int8_pass import Int8Pass
 from triage.errors import ModelError, UsageError
 from triage.hashing import sha256_file
 from triage.model.card import MODEL_FILE, ModelCard, check_threshold, read_card
@@ -28,6 +29,7 @@ from triage.model.network import (
     use_device,
     with_precision,
 )
+from triage.model.openvino import openvino_available
 from triage.model.summary import ModelSummary, model_summary
 from triage.settings import DEVICES
 
@@ -36,13 +38,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InferenceModel:
-    """A model ready to score with: its card, facts, and its forward pass and Grad-CAM built once."""
+    """A model ready to score with: its card, facts, and its forward pass and Grad-CAM built once.
+
+    ``exact`` is the fp32 pass of a run in a reduced precision (its safety net, see
+    :mod:`triage.engine.safety`), with the card's ``margin``; both None in fp32.
+    """
 
     folder: Path
     card: ModelCard
     summary: ModelSummary
-    forward: ForwardPass
+    forward: ForwardPass | Int8Pass
     gradcam: GradCam
+    exact: ForwardPass | None = None
+    margin: float | None = None
 
     @property
     def image_size(self) -> int:
@@ -55,7 +63,7 @@ class InferenceModel:
 
     @property
     def precision(self) -> str:
-        """What the run's forward pass runs in: fp32, bf16 or fp16 (on Ray, the actors')."""
+        """What the run's forward pass runs in: fp32, bf16, fp16 or int8 (on Ray, the actors')."""
         return self.summary.precision
 
     def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -90,18 +98,43 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
     on_gpu = device != "cpu" and gpu_available()
     if device == "gpu" and not on_gpu:
         raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
-    chosen = choose_precision(precision, on_gpu)
+    chosen = choose_precision(precision, on_gpu, measured_precisions(card, precision))
     use_device(on_gpu)
     network = load_classifier(folder / MODEL_FILE)
     size = card.image_size
     if tuple(network.input.shape[1:]) != (size, size, 3):
         raise ModelError(f"The model card says image size {size}, but the model takes "
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
-    network = with_precision(network, chosen)
     device_used = "gpu" if on_gpu else "cpu"
-    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used)
-    forward = ForwardPass(network, cam_layer, jit_compile=on_gpu)
+    fast_path = card.fast_path(chosen)
+    margin = fast_path.margin if fast_path else None
+    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used,
+                            auto=precision == "auto", margin=margin)
+    exact = ForwardPass(network, cam_layer, jit_compile=on_gpu)
+    forward = _fast_pass(folder, card, network, chosen, cam_layer, on_gpu) if chosen != "fp32" else exact
     gradcam = GradCam(network, cam_layer)
-    log.info("model %s (%s), CAM layer %s, %s, precision %s", summary.id, folder, cam_layer,
-             "GPU, XLA" if on_gpu else "CPU", chosen)
-    return InferenceModel(folder, card, summary, forward, gradcam)
+    log.info("model %s (%s), CAM layer %s, %s, precision %s%s", summary.id, folder, cam_layer,
+             "GPU, XLA" if on_gpu else "CPU", chosen,
+             f", fp32 within logit margin {margin:.4g}" if margin else "")
+    net = None if forward is exact else exact
+    return InferenceModel(folder, card, summary, forward, gradcam, net, margin)
+
+
+def measured_precisions(card: ModelCard, requested: str) -> set[str]:
+    """The reduced precisions the card holds a margin for; ``auto`` leaves int8 out without OpenVINO."""
+    measured = {path.precision for path in card.fast_paths}
+    if requested == "auto" and not openvino_available():
+        measured.discard("int8")
+    return measured
+
+
+def _fast_pass(folder: Path, card: ModelCard, network: Any, precision: str, cam_layer: str,
+               on_gpu: bool) -> ForwardPass | Int8Pass:
+    if precision != "int8":
+        return ForwardPass(with_precision(network, precision), cam_layer, jit_compile=on_gpu)
+    if cam_layer != card.cam_layer:
+        raise UsageError(f"The int8 network keeps the activations of {card.cam_layer}, not {cam_layer}: "
+                         f"choose another precision for that layer.", option="precision")
+    fast_path = card.fast_path("int8")
+    assert fast_path is not None  # choose_precision saw it
+    return Int8Pass(folder, fast_path.files, cam_layer)

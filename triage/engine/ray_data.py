@@ -64,13 +64,15 @@ class ModelSpec:
     precision: str
     cam_layer: str
     image_size: int
+    threshold: float = 0.5  # where the fp32 safety net looks (a reduced precision)
+    heatmaps: bool = True  # False: no Grad-CAM map is computed (--explain none)
 
 
-def model_spec(model: Any) -> ModelSpec:
+def model_spec(model: Any, threshold: float, explain: str = "flagged") -> ModelSpec:
     """What the actors load: the driver's model folder and CAM layer, on the device and at the
     precision its summary records (see :meth:`RaySession.resolve`)."""
     return ModelSpec(model.folder, model.summary.device, model.summary.precision, model.gradcam.layer_name,
-                     model.image_size)
+                     model.image_size, threshold, explain != "none")
 
 
 def require_ray() -> Any:
@@ -106,13 +108,14 @@ def _decode_batch(batch: dict[str, np.ndarray], decode: Callable[[Any], Decoded]
 
 
 class Score:
-    """A model actor: loads the model once; per batch, probabilities and Grad-CAM maps."""
+    """A model actor: loads the model once; per batch, probabilities (rows near the threshold decided
+    by the fp32 safety net, see :func:`triage.engine.safety.checked_batch`) and Grad-CAM maps."""
 
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
         # In the actor: GPU memory grows (see triage.model.network.use_device).
         from triage.engine.inference import load_for_inference
 
-        self.batch_size = batch_size
+        self.batch_size, self.threshold, self.heatmaps = batch_size, spec.threshold, spec.heatmaps
         try:
             self.model, self.failure = load_for_inference(spec.folder, spec.device, spec.cam_layer,
                                                           spec.precision), None
@@ -127,9 +130,14 @@ class Score:
         inputs, n = batch["pixels"], len(batch["pixels"])
         if n < self.batch_size:
             inputs = np.concatenate([inputs, np.zeros((self.batch_size - n, *inputs.shape[1:]), np.float32)])
-        activations, probabilities = self.model.predict(inputs)
-        maps = self.model.gradcam.heatmaps(activations)[:n]  # a map that is not finite comes back NaN
-        return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities[:n], "cam": maps}
+        from triage.engine.safety import checked_batch
+
+        activations, probabilities, precisions = checked_batch(self.model, self.threshold, inputs, n)
+        # A map that is not finite comes back NaN; with --explain none no map is made.
+        maps = (self.model.gradcam.heatmaps(activations) if self.heatmaps
+                else np.zeros((n, 1, 1), np.float32))
+        return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities, "cam": maps,
+                "precision": np.array(precisions, dtype=object)}
 
 
 class RaySession:
@@ -159,18 +167,20 @@ class RaySession:
         if self.started:
             require_ray().shutdown()
 
-    def resolve(self, device: str, precision: str) -> tuple[str, str]:
+    def resolve(self, device: str, precision: str, card: Any) -> tuple[str, str]:
         """The device and precision the actors will run: decided here, before the scan, because the
         run's records (``run.json``, the report, the incremental state) depend on them.
 
         The actors run on GPUs exactly when they reserve some (``--gpus-per-worker``);
-        ``auto`` precision is then fp16, else fp32. Each actor checks on its own
-        machine that it can (a GPU it sees, bf16 a CPU does natively).
+        ``auto`` precision is then the fastest the card has a measured margin for (see
+        :func:`~triage.model.network.choose_precision`), judged by the driver's CPU. Each
+        actor checks on its own machine that it can (a GPU it sees, bf16 a CPU does natively).
 
         Raises:
             UsageError: the request contradicts the reservation, or the cluster lacks
                 the CPUs or GPUs the workers reserve (the run would wait forever).
         """
+        from triage.engine.inference import measured_precisions
         from triage.model.network import choose_precision
 
         gpus, workers = self.settings.gpus_per_worker, self.settings.workers
@@ -188,9 +198,10 @@ class RaySession:
             raise UsageError(f"{workers} worker(s) and the decoding need {workers + DECODE_CPUS:g} CPUs, but "
                              f"the Ray cluster has {have.get('CPU', 0):g}.", option="workers")
         on_gpu = gpus > 0
-        # bf16 on CPU workers: each actor checks its own CPU, not the driver's.
-        return ("gpu" if on_gpu else "cpu",
-                precision if precision == "bf16" else choose_precision(precision, on_gpu))
+        measured = measured_precisions(card, precision)
+        if precision == "bf16" and not on_gpu:  # each actor checks its own CPU, not the driver's:
+            return "cpu", choose_precision("bf16", True, measured)  # here only the card's margin
+        return "gpu" if on_gpu else "cpu", choose_precision(precision, on_gpu, measured)
 
 
 def _route_ray_logs() -> None:
@@ -208,7 +219,8 @@ def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: Model
                 progress: Callable[[int], None] | None = None) -> Iterator[Outcome[T]]:
     """Score ``items`` on Ray Data; one outcome per item, in input order.
 
-    ``output`` of an outcome is ``(probability, Grad-CAM map or None)``.
+    ``output`` of an outcome is a :class:`~triage.engine.safety.Scored` whose ``activation`` is
+    the row's Grad-CAM map.
     """
     stop = stop or Stop()
     report = progress or (lambda n: None)
@@ -254,8 +266,11 @@ def _worker_failure(error: Any) -> BaseException:
 
 
 def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outcome[T]]:
-    for index, ok, blob, probability, cam in zip(batch["index"], batch["ok"], batch["result"],
-                                                  batch["probability"], batch["cam"]):
+    from triage.engine.safety import Scored
+
+    for index, ok, blob, probability, cam, precision in zip(
+            batch["index"], batch["ok"], batch["result"], batch["probability"], batch["cam"],
+            batch["precision"]):
         extra, failure = pickle.loads(blob)
         item = items[int(index)]
         if failure is not None:
@@ -263,5 +278,5 @@ def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outc
         elif not ok:
             yield Outcome(item, extra=extra)
         else:
-            yield Outcome(item, extra=extra, output=(float(probability), cam))
+            yield Outcome(item, extra=extra, output=Scored(float(probability), cam, str(precision)))
 

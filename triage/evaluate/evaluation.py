@@ -23,6 +23,7 @@ import numpy as np
 from triage import __version__, settings
 from triage.engine.inference import InferenceModel, load_for_inference
 from triage.engine.predictor import Decoded, Stop, decode_image, predict
+from triage.engine.safety import fast_run, rescored
 from triage.errors import DataError, Stopped, UsageError
 from triage.hooks import RunHooks
 from triage.labelled.copies import image_fingerprint, near_matches
@@ -51,6 +52,7 @@ class Evaluation:
     skipped: tuple[dict[str, str], ...]  # path, status and reason of each file that could not be read
     copies_of_training: tuple[str, ...]  # files that are copies of images the model was trained on
     metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
+    rescored: int = 0  # files the fp32 safety net decided (a reduced precision)
 
     @property
     def precision(self) -> str:
@@ -66,6 +68,7 @@ class Scores:
     probabilities: np.ndarray
     skipped: tuple[dict[str, str], ...]
     copy_of_training: np.ndarray  # bool per file: an exact or near copy of an image the model trained on
+    precisions: tuple[str, ...] = ()  # per file, the precision of the pass that decided it
 
 
 def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
@@ -105,7 +108,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
     loaded = load_for_inference(folder, device, precision=precision)
     threshold = loaded.threshold(threshold)
     hooks.on_start(len(labelled.files))
-    scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance)
+    scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance, threshold)
     evaluation = _evaluation(out_dir, loaded, scores, threshold)
     manifest = _manifest(evaluation, labelled, batch_size, started, time.perf_counter() - clock)
     _write_folder(out_dir, labelled, scores, _metrics_json(data_dir, labelled, evaluation), manifest)
@@ -119,7 +122,8 @@ def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold
     copies = tuple(f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c)
     return Evaluation(out_dir, loaded.summary, threshold,
                       binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
-                      scores.skipped, copies, clean)
+                      scores.skipped, copies, clean,
+                      sum(p == "fp32" for p in scores.precisions) if loaded.precision != "fp32" else 0)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -131,8 +135,9 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: int, stop: Stop,
-                   progress: Callable[[int], None] | None = None) -> Scores:
-    """Probabilities of every readable file, through the same predictor and forward pass as a scan.
+                   progress: Callable[[int], None] | None = None, threshold: float | None = None) -> Scores:
+    """Probabilities of every readable file, through the same predictor, forward pass and safety net
+    (at ``threshold``, the card's when None) as a scan.
 
     Raises:
         DataError: no file could be read.
@@ -144,15 +149,19 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
         return Decoded(decoded.pixels, (decoded.extra.sha256, image_fingerprint(decoded.extra.display)))
 
     probabilities: dict[int, float] = {}
+    precisions: dict[int, str] = {}
     hashes: dict[int, tuple[str, str]] = {}
     skipped: list[dict[str, str]] = []
-    for outcome in predict(range(len(labelled.files)), decode, loaded.probabilities,
-                           batch_size=batch_size, stop=stop, progress=progress):
+    run = fast_run(loaded, loaded.threshold(threshold), keep_activations=False)
+    outcomes = predict(range(len(labelled.files)), decode, run, batch_size=batch_size, stop=stop,
+                       progress=progress)
+    for outcome in rescored(outcomes, loaded, batch_size):
         if outcome.failure is not None:
             skipped.append({"path": labelled.files[outcome.item].relpath,
                             "status": outcome.failure.status, "reason": outcome.failure.reason})
         else:
-            probabilities[outcome.item] = float(outcome.output)
+            probabilities[outcome.item] = outcome.output.probability
+            precisions[outcome.item] = outcome.output.precision
             hashes[outcome.item] = outcome.extra
     if stop.asked:
         raise Stopped("the evaluation was stopped; nothing was written")
@@ -161,7 +170,8 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
         raise DataError(f"No image in {labelled.root} could be read.")
     return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order],
                   np.array([probabilities[i] for i in order]), tuple(skipped),
-                  copies_of_training([hashes[i] for i in order], loaded.card.training_images))
+                  copies_of_training([hashes[i] for i in order], loaded.card.training_images),
+                  tuple(precisions[i] for i in order))
 
 
 def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -> np.ndarray:
@@ -194,7 +204,7 @@ def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, st
               seconds: float) -> dict[str, Any]:
     """The content of ``run.json``, written last (see :mod:`triage.results.run_record`)."""
     counts = {"found": len(labelled.files), "scored": evaluation.n_images, "skipped": len(evaluation.skipped),
-              "copies_of_training": len(evaluation.copies_of_training)}
+              "copies_of_training": len(evaluation.copies_of_training), "rescored_fp32": evaluation.rescored}
     finished = dt.datetime.now(dt.timezone.utc)
     return run_record("evaluate", evaluation.model, threshold=evaluation.threshold,
                       versions=library_versions(), counts=counts,
@@ -206,10 +216,10 @@ def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, st
 def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "probability", "predicted"])
-    for item, probability in zip(scores.files, scores.probabilities):
+    writer.writerow(["path", "label", "probability", "predicted", "precision"])
+    for item, probability, precision in zip(scores.files, scores.probabilities, scores.precisions):
         writer.writerow([item.relpath, labelled.class_names[item.label], f"{probability:.6f}",
-                         labelled.class_names[int(probability >= threshold)]])
+                         labelled.class_names[int(probability >= threshold)], precision])
     return buffer.getvalue()
 
 

@@ -27,7 +27,9 @@ class ModelSummary:
     val_split: str = ""  # how that set was split off: grouped or keras
     threshold_source: str = "default"  # default, fixed or out-of-fold
     device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
-    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
+    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16, fp16 or int8
+    auto_precision: bool = False  # chosen by --precision auto
+    margin: float | None = None  # the safety net's logit margin (a reduced precision), see engine.safety
 
     @property
     def random_backbone(self) -> bool:
@@ -35,7 +37,7 @@ class ModelSummary:
 
 
 def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
-              device: str = "cpu") -> ModelSummary:
+                  device: str = "cpu", auto: bool = False, margin: float | None = None) -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -47,4 +49,5 @@ def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: s
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
         threshold_source=card.threshold_source, precision=precision, device=device,
+        auto_precision=auto, margin=margin,
     )

@@ -12,7 +12,7 @@ from triage.results.records import ScanResult
 CSV_COLUMNS = (
     "path", "sha256", "status", "reason", "probability", "flagged",
     "heatmap", "width", "height", "format", "model_id",
-    "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
+    "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note", "precision",
 )
 CASE_CSV_COLUMNS = (
     "case_id", "kind", "study_uid", "series_uid", "description", "modality", "n_images", "n_scored",
@@ -46,6 +46,7 @@ def csv_text(result: ScanResult) -> str:
             _cell(row.heatmap), _cell(row.width), _cell(row.height), _cell(row.format),
             result.model.id, _cell(row.case_id), _cell(row.study_uid), _cell(row.series_uid),
             _cell(row.slice_index), _cell(row.copy_of), _cell(row.heatmap_note),
+            _cell(row.precision),
         ])
     return buffer.getvalue()
 

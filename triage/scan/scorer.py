@@ -26,6 +26,7 @@ from triage.engine.heatmaps import HeatmapWriter
 from triage.engine.inference import InferenceModel
 from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
+from triage.engine.safety import Scored, fast_run, rescored
 from triage.hashing import sha256_file
 from triage.inputs.cases import Case, Slice, case_score, decode_slice
 from triage.inputs.discovery import FoundFile
@@ -173,12 +174,12 @@ class CaseScorer:
         self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
         self.decode = SliceDecoder(model.image_size, display=writer is not None)
         self.in_flight: dict[str, InFlight] = {}
+        self._run = fast_run(model, threshold, keep_activations=self.cams is not None)
 
-    def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None]]:
-        """Each row's probability and, when heat maps may be made, its activations."""
-        activations, probabilities = self.model.predict(batch)
-        kept = np.asarray(activations) if self.cams is not None else None
-        return [(float(p), None if kept is None else kept[row]) for row, p in enumerate(probabilities[:n])]
+    def run(self, batch: np.ndarray, n: int) -> list[Scored]:
+        """Each row's probability and, when heat maps may be made, its activations; rows near the
+        threshold marked for the fp32 safety net."""
+        return self._run(batch, n)
 
     def take(self, outcome: Outcome[Job]) -> None:
         """Record a slice's row; finish its case when it was the last."""
@@ -190,7 +191,7 @@ class CaseScorer:
         if row.ok and row.probability is not None:
             flight.probabilities.append(row.probability)
             if self.cams is not None:
-                image, activation = outcome.extra, outcome.output[1]
+                image, activation = outcome.extra, outcome.output.activation
                 if self.explain == "all":
                     self.cams.add(Kept(row, image, np.array(activation)))
                 else:
@@ -223,11 +224,11 @@ class CaseScorer:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
-        probability = outcome.output[0]
+        scored: Scored = outcome.output
         image: ScanImage = outcome.extra
-        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability,
-                          flagged=probability >= self.threshold, width=image.width, height=image.height,
-                          format=image.format, **fields)
+        return Row(item.relpath, "ok", sha256=image.sha256, probability=scored.probability,
+                   flagged=scored.probability >= self.threshold, width=image.width, height=image.height,
+                   format=image.format, precision=scored.precision, **fields)
 
 
 def _slice_cost(job: Job) -> int:
@@ -245,11 +246,12 @@ def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
     """
     jobs: Sequence[Job] = [Job(case, slice_) for case in plan.to_score for slice_ in case.slices]
     if ray is None:
-        outcomes = predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
-                           progress=progress)
+        outcomes = rescored(predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
+                                    progress=progress), scorer.model, batch_size)
     else:
-        outcomes = ray_predict(jobs, scorer.decode, model_spec(scorer.model),
-                               batch_size=batch_size, settings=ray, stop=stop, progress=progress)
+        spec = model_spec(scorer.model, scorer.threshold, scorer.explain)
+        outcomes = ray_predict(jobs, scorer.decode, spec, batch_size=batch_size, settings=ray, stop=stop,
+                               progress=progress)
     for outcome in outcomes:
         scorer.take(outcome)
     scorer.close()

@@ -33,7 +33,8 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
 
     Besides the model and the options that decide a row, the batch size, the
     device (the last float bits of a probability depend on both), the precision
-    the forward pass ran in (bf16 rows are not fp32 rows) and the versions of
+    the forward pass ran in (bf16 rows are not fp32 rows) and its safety net's
+    margin (which rows fp32 decides), and the versions of
     the libraries that decode and score: a carried-over row must equal the one
     a fresh scan would give.
     """
@@ -41,7 +42,8 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
     return {"model_sha256": model.summary.sha256, "threshold": threshold, "explain": options.explain,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
             "batch_size": options.batch_size, "device": model.summary.device,
-            "precision": model.summary.precision, "group_by": options.group_by,
+            "precision": model.summary.precision, "margin": model.summary.margin,
+            "group_by": options.group_by,
             "aggregate": options.aggregate, "top_k": options.top_k, "modalities": list(options.modalities),
             "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
@@ -51,12 +53,13 @@ _ROW_TYPES: dict[str, type] = {
     "path": str, "status": str, "sha256": str, "reason": str, "probability": float, "flagged": bool,
     "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
-    "copy_of": str, "heatmap_note": str,
+    "copy_of": str, "heatmap_note": str, "precision": str,
 }
 _ROW_NAMES = frozenset(f.name for f in dataclasses.fields(Row))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
-_ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note"})
+_ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
+                           "precision"})
 
 
 def _check_row(row: Any, heatmap_folder: str) -> Row:
