@@ -6,13 +6,16 @@ it takes the same items and the same decode function, and yields the same
 writes rows, heat maps, CSVs, report, state and ``run.json`` exactly as the
 local engine does. Decode tasks never import TensorFlow; each actor loads the
 model once. Every batch an actor runs is padded to ``batch_size``, as the local
-engine pads, so a file gets the same probability on either engine. An actor
-computes the Grad-CAM map of every image (they are small, and cheap from the
+engine pads, so a file gets the same probability on either engine, and the rows
+near the threshold of a reduced precision are scored again in fp32 within the
+batch (:func:`triage.engine.safety.checked_batch`). Unless heat maps are off, an
+actor computes the Grad-CAM map of every image (they are small, and cheap from the
 activations in hand); the driver keeps those the report shows.
 
-The model input crosses from the decode tasks to the actors as float32 (the
-exact bilinear resize: rounding it to uint8 would move probabilities), the
-display copy as uint8.
+Each item is one slice's job, with its series' window, never its whole case. The
+model input crosses from the decode tasks to the actors as float32 (the exact
+bilinear resize: rounding it to uint8 would move probabilities); display copies
+do not travel (the driver decodes the few it shows, see :mod:`triage.scan.scorer`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ Heat maps are computed for a batch of slices per Grad-CAM call (:class:`CamQueue
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import OrderedDict
@@ -28,7 +29,8 @@ from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_im
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
 from triage.engine.safety import Scored, fast_run, rescored
 from triage.hashing import sha256_file
-from triage.inputs.cases import Case, Slice, case_score, decode_slice
+from triage.inputs.cases import Case, Slice, case_score, case_window, slice_pixels
+from triage.inputs.decode import read_whole
 from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
 from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
@@ -39,19 +41,39 @@ FORMATS = {"series": "DICOM", "volume": "NIfTI"}
 
 @dataclass(frozen=True)
 class Job:
-    """One slice to score, with its case."""
+    """One slice to score, and what decoding it needs of its case, not the case itself: on Ray a job
+    travels alone, and a 300-slice series' jobs would otherwise carry it 300 times.
 
-    case: Case
+    Attributes:
+        kind: Its case's kind (``image``, ``series`` or ``volume``).
+        window: Its case's window; None where the decoder measures it (the local engine, once per
+            case) or where there is none (a loose image).
+        shared: How many slices share its file (a volume's, a multi-frame file's): its decoding cost.
+    """
+
     slice: Slice
+    kind: str
+    window: tuple[float, float] | None = None
+    shared: int = 1
+
+
+def jobs_of(case: Case, window: tuple[float, float] | None = None) -> list[Job]:
+    """The jobs of a case's slices, with ``window`` (the case's own where it has one)."""
+    window = case.window if case.window is not None else window
+    return [Job(slice_, case.kind, window,
+                len(case.slices) if case.kind == "volume" or slice_.frame is not None else 1)
+            for slice_ in case.slices]
 
 
 @dataclass(frozen=True, eq=False)
 class Kept:
-    """A scored slice that may get a heat map: its row, display copy and activations."""
+    """A scored slice that may get a heat map: its row, display copy and activations, and its job (to
+    decode its display copy again where the Ray engine sent none)."""
 
     row: Row
     image: ScanImage
     activation: np.ndarray
+    job: Job | None = None
 
 
 class FileDigests:
@@ -88,8 +110,9 @@ class CamQueue:
     """Slices waiting for heat maps; ``size`` of them at a time go through one Grad-CAM call."""
 
     def __init__(self, model: InferenceModel, writer: HeatmapWriter, rows: dict[RowKey, Row],
-                 size: int) -> None:
+                 size: int, redisplay: Callable[[Job], np.ndarray]) -> None:
         self.model, self.writer, self.rows, self.size = model, writer, rows, size
+        self.redisplay = redisplay
         self.pending: list[Kept] = []
 
     def add(self, kept: Kept) -> None:
@@ -108,7 +131,10 @@ class CamQueue:
             key = kept.row.key
             if usable(cam):
                 part = "" if kept.row.slice_index is None else f"-{kept.row.slice_index}"
-                heatmap, original = self.writer.submit(kept.image.sha256, kept.image.display, cam, part)
+                display = kept.image.display
+                if display is None and kept.job is not None:
+                    display = self.redisplay(kept.job)
+                heatmap, original = self.writer.submit(kept.image.sha256, display, cam, part)
                 self.rows[key] = replace(self.rows[key], heatmap=heatmap, original=original)
             else:
                 self.rows[key] = replace(self.rows[key], heatmap_note=NOT_FINITE)
@@ -124,30 +150,63 @@ class InFlight:
     probabilities: list[float] = field(default_factory=list)
     top: list[Kept] = field(default_factory=list)
 
-    def offer(self, row: Row, image: ScanImage, activation: np.ndarray) -> None:
+    def offer(self, row: Row, image: ScanImage, activation: np.ndarray, job: Job) -> None:
         """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
         if len(self.top) == self.top_k and slice_rank(row) >= slice_rank(self.top[-1].row):
             return
-        self.top.append(Kept(row, image, np.array(activation)))
+        self.top.append(Kept(row, image, np.array(activation), job))
         self.top.sort(key=lambda kept: slice_rank(kept.row))
         del self.top[self.top_k:]
 
 
 class SliceDecoder:
     """Decodes a job for the model: a loose image as ever (file hash, display copy), a slice with
-    its case's window. Picklable, so the Ray engine's decode tasks run the very same code."""
+    its case's window. Every file is read once: a single-frame DICOM file's bytes are hashed and
+    decoded together; a volume or multi-frame file is hashed once for all its slices, each of
+    which reads its own part. Picklable, so the Ray engine's decode tasks run the very same code.
 
-    def __init__(self, image_size: int, display: bool = True) -> None:
+    Args:
+        image_size: The model's input size.
+        display: Keep display copies (for heat maps).
+        cases: The cases by id, to measure the window of a job that has none (local engine only).
+    """
+
+    def __init__(self, image_size: int, display: bool = True, cases: dict[str, Case] | None = None) -> None:
         self.image_size = image_size
-        self.display = display  # keep display copies (for heat maps)
+        self.display = display
+        self.cases = cases or {}
         self.digests = FileDigests()
 
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "cases": {}}  # a Ray job brings its window with it
+
     def __call__(self, job: Job) -> Decoded:
-        if job.case.kind == "image":
-            return decode_image(job.slice.path, self.image_size, self.display)
-        digest = self.digests.get(job.slice.path)
-        return decode_pixels(lambda: decode_slice(job.slice, job.case), _slice_cost(job), digest,
-                             FORMATS[job.case.kind], self.image_size, self.display)
+        return self._decode(job, self.display)
+
+    def without_display(self) -> "SliceDecoder":
+        """The same decoder keeping no display copies (what the Ray engine's decode tasks run)."""
+        decoder = copy.copy(self)
+        decoder.display = False
+        return decoder
+
+    def display_copy(self, job: Job) -> np.ndarray:
+        """A job's display copy, decoded again: for the few slices that get a card on the Ray engine,
+        whose decode tasks send none (see :func:`score_cases`)."""
+        return self._decode(job, True).extra.display
+
+    def _decode(self, job: Job, display: bool) -> Decoded:
+        if job.kind == "image":
+            return decode_image(job.slice.path, self.image_size, display)
+        data = None
+        if job.kind == "series" and job.slice.frame is None:
+            digest, data = read_whole(job.slice.path)
+        else:
+            digest = self.digests.get(job.slice.path)
+        return decode_pixels(lambda: slice_pixels(job.slice, job.kind, lambda: self._window(job), data),
+                             _slice_cost(job), digest, FORMATS[job.kind], self.image_size, display)
+
+    def _window(self, job: Job) -> tuple[float, float]:
+        return job.window if job.window is not None else case_window(self.cases[job.slice.case_id])
 
 
 class CaseScorer:
@@ -171,8 +230,10 @@ class CaseScorer:
         self.model, self.explain, self.threshold = model, explain, threshold
         self.aggregate, self.top_k = aggregate, top_k
         self.files, self.rows = files, rows
-        self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
-        self.decode = SliceDecoder(model.image_size, display=writer is not None)
+        self.cases: dict[str, Case] = {}
+        self.decode = SliceDecoder(model.image_size, display=writer is not None, cases=self.cases)
+        self.cams = (CamQueue(model, writer, rows, batch_size, self.decode.display_copy)
+                     if writer is not None else None)
         self.in_flight: dict[str, InFlight] = {}
         self._run = fast_run(model, threshold, keep_activations=self.cams is not None)
 
@@ -183,21 +244,21 @@ class CaseScorer:
 
     def take(self, outcome: Outcome[Job]) -> None:
         """Record a slice's row; finish its case when it was the last."""
-        job = outcome.item
+        case = self.cases[outcome.item.slice.case_id]
         row = self._row(outcome)
         self.rows[row.key] = row
-        flight = self.in_flight.setdefault(job.case.case_id, InFlight(len(job.case.slices), self.top_k))
+        flight = self.in_flight.setdefault(case.case_id, InFlight(len(case.slices), self.top_k))
         flight.remaining -= 1
         if row.ok and row.probability is not None:
             flight.probabilities.append(row.probability)
             if self.cams is not None:
                 image, activation = outcome.extra, outcome.output.activation
                 if self.explain == "all":
-                    self.cams.add(Kept(row, image, np.array(activation)))
+                    self.cams.add(Kept(row, image, np.array(activation), outcome.item))
                 else:
-                    flight.offer(row, image, activation)
+                    flight.offer(row, image, activation, outcome.item)
         if flight.remaining == 0:
-            self._finish(job.case.case_id)
+            self._finish(case.case_id)
 
     def close(self) -> None:
         """Finish the cases a stop left part-scored, and the heat maps still queued."""
@@ -217,10 +278,11 @@ class CaseScorer:
     def _row(self, outcome: Outcome[Job]) -> Row:
         job = outcome.item
         item = self.files[job.slice.relpath]
-        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(job.case, job.slice.slice_index))
+        case = self.cases[job.slice.case_id]
+        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(case, job.slice.slice_index))
         failure = outcome.failure
         if failure is not None:
-            if job.case.kind == "image" and failure.status in NOT_IMAGES:
+            if job.kind == "image" and failure.status in NOT_IMAGES:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
@@ -233,8 +295,7 @@ class CaseScorer:
 
 def _slice_cost(job: Job) -> int:
     """Bytes decoding a slice may hold: four times its share of its file."""
-    shared = len(job.case.slices) if job.case.kind == "volume" or job.slice.frame is not None else 1
-    return 4 * os.stat(job.slice.path).st_size // shared
+    return 4 * os.stat(job.slice.path).st_size // job.shared
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
@@ -244,14 +305,21 @@ def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
     Locally through :func:`triage.engine.predictor.predict`, or on Ray Data (``ray``) through
     :func:`triage.engine.ray_data.ray_predict`: the same jobs, decoder and outcomes.
     """
-    jobs: Sequence[Job] = [Job(case, slice_) for case in plan.to_score for slice_ in case.slices]
+    scorer.cases.update((case.case_id, case) for case in plan.to_score)
+    # On Ray the driver measures each windowless case's window once and sends it with the jobs;
+    # locally the decoder measures it with the case's first slice.
+    measure = ray is not None
+    jobs: Sequence[Job] = [job for case in plan.to_score for job in jobs_of(
+        case, case_window(case) if measure and case.kind != "image" and case.window is None else None)]
     if ray is None:
         outcomes = rescored(predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
                                     progress=progress), scorer.model, batch_size)
     else:
+        # The decode tasks send no display copies (0.4 MB each, most for rows that get no card):
+        # the driver decodes again the few slices whose heat maps it writes.
         spec = model_spec(scorer.model, scorer.threshold, scorer.explain)
-        outcomes = ray_predict(jobs, scorer.decode, spec, batch_size=batch_size, settings=ray, stop=stop,
-                               progress=progress)
+        outcomes = ray_predict(jobs, scorer.decode.without_display(), spec, batch_size=batch_size,
+                               settings=ray, stop=stop, progress=progress)
     for outcome in outcomes:
         scorer.take(outcome)
     scorer.close()
