@@ -192,8 +192,10 @@ def test_int8_scan_keeps_fp32_decisions_and_makes_heat_maps(calibrated: Path, bl
     # The test model's int8 margin is wide (its rescaled logit layer magnifies 8-bit rounding): a low
     # threshold leaves rows on both sides of it, those far above decided by int8.
     args = ("--explain", "all", "--threshold", "0.05")
-    exact, _ = _scan(blob_dataset, calibrated, tmp_path / "exact" / "report.html", "--precision", "fp32", *args)
-    fast, facts = _scan(blob_dataset, calibrated, tmp_path / "fast" / "report.html", "--precision", "int8", *args)
+    exact, _ = _scan(blob_dataset, calibrated, tmp_path / "exact" / "report.html", "--precision", "fp32",
+                     *args)
+    fast, facts = _scan(blob_dataset, calibrated, tmp_path / "fast" / "report.html", "--precision", "int8",
+                        *args)
     assert facts["precision"] == "int8"
     by_path = {row["path"]: row for row in exact}
     assert all(row["flagged"] == by_path[row["path"]]["flagged"] for row in fast)

@@ -149,7 +149,7 @@ def test_a_worker_that_dies_is_restarted_and_its_batch_retried(local_ray, folder
         return decode_image(path, 32)
 
     def outcomes(decode) -> list[tuple[str, float]]:
-        return [(o.item.name, o.output[0]) for o in ray_predict(paths, decode, spec, batch_size=2,
+        return [(o.item.name, o.output.probability) for o in ray_predict(paths, decode, spec, batch_size=2,
                                                                  settings=RaySettings(workers=1))]
 
     clean = outcomes(lambda path: decode_image(path, 32))

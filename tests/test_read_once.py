@@ -17,7 +17,8 @@ from triage.inputs.jpeg import decode_whole_jpeg
 from triage.testing import mr_slice
 
 proc_io = Path("/proc/self/io")
-needs_proc = pytest.mark.skipif(not proc_io.exists(), reason="bytes read are counted in /proc/self/io (Linux)")
+needs_proc = pytest.mark.skipif(not proc_io.exists(),
+                                reason="bytes read are counted in /proc/self/io (Linux)")
 
 
 def _bytes_read() -> int:
@@ -94,3 +95,19 @@ def test_a_cut_jpeg_is_still_found_out() -> None:
         assert decode_whole_jpeg(image, cut) is None  # libjpeg-turbo warned: Pillow and the check decide
     with pytest.raises(Exception, match="decodes only in part"):
         decode_bytes(cut, ".jpg")
+
+
+def test_a_job_carries_its_slice_and_window_not_its_case(tmp_path: Path) -> None:
+    """A Ray job pickles to the same size whatever its series' length (it once carried the whole case)."""
+    import pickle
+
+    from triage.inputs.cases import Case, Slice
+    from triage.scan.scorer import jobs_of
+
+    def sizes(n: int) -> list[int]:
+        slices = tuple(Slice(tmp_path / f"IM{k:04d}", f"IM{k:04d}", None, k, "s") for k in range(n))
+        return [len(pickle.dumps(job)) for job in jobs_of(Case("s", "series", slices), (0.0, 99.0))]
+
+    short, long = sizes(3), sizes(300)
+    assert max(long) - min(short) <= 4  # only the slice index's digits differ
+    assert pickle.loads(pickle.dumps(jobs_of(Case("s", "series", ()), (1.0, 2.0)))) == []

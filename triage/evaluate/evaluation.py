@@ -87,7 +87,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         positive: Name of the tumour class folder.
         batch_size: Images per forward pass (as in a scan, so the probabilities are the scan's).
         device: ``auto``, ``cpu`` or ``gpu``.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``choose_precision``).
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (see ``choose_precision``).
         force: Replace an earlier evaluation in ``out_dir``.
         hooks: ``should_stop`` (polled between batches; True stops with nothing written),
             ``on_start`` and ``advance`` (images to score, images scored).

@@ -59,8 +59,14 @@ def require_nncf() -> Any:
 def openvino_available() -> bool:
     """Whether the openvino extra is installed (without importing it)."""
     import importlib.util
+    import sys
 
-    return importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+    def found(name: str) -> bool:
+        if name in sys.modules:
+            return sys.modules[name] is not None  # None: its import is blocked
+        return importlib.util.find_spec(name) is not None
+
+    return found("openvino") and found("nncf")
 
 
 def to_openvino(network: "keras.Model", cam_layer: str) -> Any:

@@ -174,7 +174,7 @@ class SliceDecoder:
     def __init__(self, image_size: int, display: bool = True, cases: dict[str, Case] | None = None) -> None:
         self.image_size = image_size
         self.display = display
-        self.cases = cases or {}
+        self.cases = cases if cases is not None else {}
         self.digests = FileDigests()
 
     def __getstate__(self) -> dict[str, object]:
