@@ -168,8 +168,12 @@ def test_the_records_say_what_the_actors_ran(local_ray, folder: Path, trained_mo
     # The test model's probabilities lie near 0.5: with its margin, the safety net re-scores some
     # rows of each batch in fp32 (an actor within the batch, the local engine in batches of its own).
     model = with_margin(shutil.copytree(trained_model, tmp_path / "model"), "bf16", margin=0.02)
-    local = scan(folder, tmp_path / "local", model, "--precision", "bf16")
-    remote = scan(folder, tmp_path / "ray", model, "--engine", "ray", "--precision", "bf16")
+    scan(folder, tmp_path / "exact", model)
+    rows = read_csv(tmp_path / "exact" / "report.csv")
+    scored = sorted(float(row["probability"]) for row in rows if row["probability"])
+    threshold = ("--threshold", str(scored[len(scored) // 2]))  # the rows lie on both sides of its margin
+    local = scan(folder, tmp_path / "local", model, "--precision", "bf16", *threshold)
+    remote = scan(folder, tmp_path / "ray", model, "--engine", "ray", "--precision", "bf16", *threshold)
     assert local.exit_code == remote.exit_code == EXIT_SOME_FAILED, remote.output
     assert (tmp_path / "ray" / "report.csv").read_text() == (tmp_path / "local" / "report.csv").read_text()
     assert {row["precision"] for row in read_csv(tmp_path / "ray" / "report.csv") if row["status"] == "ok"} \
