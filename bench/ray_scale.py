@@ -25,7 +25,7 @@ Then the driver's own costs, which more workers do not spread: discovery and pla
 images, and on as many DICOM files (series of --series-slices slices of ``volume_speed.py``, whose
 headers are read and grouped); and writing the overlay and display copy of one flagged image
 (``HeatmapWriter``). The report's cost is ``bench/report_speed.py``'s. And a CPU task's work per
-image (``triage.scan.scorer.SliceDecoder`` without display copies, as a Ray decode task runs it: read,
+image (``triage.scan.jobs.SliceDecoder`` without display copies, as a Ray decode task runs it: read,
 hash, decode, resize), with the bytes it sends on: the model input to an actor, the file's facts to the
 driver (and the display copy it sent before, with every image); and the pickled size of a job of a
 300-slice DICOM series (its slice and the series' window) against a job that carried its whole case.
@@ -95,7 +95,7 @@ def decode_costs(paths: list[Path], image_size: int, repeats: int) -> tuple[floa
     from triage.engine.predictor import decode_image
     from triage.inputs.cases import image_case
     from triage.inputs.discovery import discover
-    from triage.scan.scorer import SliceDecoder, jobs_of
+    from triage.scan.jobs import SliceDecoder, jobs_of
 
     found = {item.path: item for item in discover(paths[0].parent.parent)}
     jobs = [job for path in paths for job in jobs_of(image_case(found[path]))]
@@ -113,7 +113,7 @@ def job_bytes(slices: int) -> tuple[float, float]:
     a job carrying its whole case was."""
     from triage.inputs.cases import build_cases
     from triage.inputs.discovery import discover
-    from triage.scan.scorer import jobs_of
+    from triage.scan.jobs import jobs_of
 
     folder = write_series(C.scratch("job-series"), 1, slices, 16)
     (case,) = build_cases(list(discover(folder)))[0]

@@ -4,7 +4,7 @@
 DICOM: ``--series`` generated series of ``--slices`` slices (``volume_speed.write_series``:
 copies of pydicom's MR_small.dcm, generated ``--pixels`` px scans), once with a stored
 window and once without. Each slice's job decoded as a scan decodes it
-(``triage.scan.scorer.SliceDecoder``), the bytes the process read counted from
+(``triage.scan.jobs.SliceDecoder``), the bytes the process read counted from
 ``/proc/self/io`` (rchar, page cache included: reads, not disk transfers) and divided by
 the files' total size. "Before" is the decoding the scan did until now, run here from
 the same functions: the file hashed on its own, then parsed again by pydicom
@@ -41,7 +41,7 @@ def dicom_reads(folder: Path) -> tuple[float, float, int]:
     from triage.hashing import sha256_file
     from triage.inputs.cases import _measured_window, build_cases, decode_slice
     from triage.inputs.discovery import discover
-    from triage.scan.scorer import SliceDecoder, jobs_of
+    from triage.scan.jobs import SliceDecoder, jobs_of
 
     cases = build_cases(list(discover(folder)))[0]
     size = sum(s.path.stat().st_size for case in cases for s in case.slices)

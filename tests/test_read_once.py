@@ -36,7 +36,7 @@ def _series(folder: Path, n: int, window: bool) -> list[Path]:
 @pytest.mark.parametrize("window, reads", [(True, 1), (False, 2)])
 def test_a_series_slice_is_read_once_and_a_windowless_series_twice(tmp_path: Path, window: bool,
                                                                    reads: int) -> None:
-    from triage.scan.scorer import SliceDecoder, jobs_of
+    from triage.scan.jobs import SliceDecoder, jobs_of
 
     files = _series(tmp_path, 6, window)
     (case,) = cases_of(tmp_path)
@@ -102,7 +102,7 @@ def test_a_job_carries_its_slice_and_window_not_its_case(tmp_path: Path) -> None
     import pickle
 
     from triage.inputs.cases import Case, Slice
-    from triage.scan.scorer import jobs_of
+    from triage.scan.jobs import jobs_of
 
     def sizes(n: int) -> list[int]:
         slices = tuple(Slice(tmp_path / f"IM{k:04d}", f"IM{k:04d}", None, k, "s") for k in range(n))

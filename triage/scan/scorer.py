@@ -11,13 +11,7 @@ Heat maps are computed for a batch of slices per Grad-CAM call (:class:`CamQueue
 
 from __future__ import annotations
 
-import copy
-import os
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,44 +19,15 @@ import numpy as np
 from triage.engine.gradcam import NOT_FINITE, usable
 from triage.engine.heatmaps import HeatmapWriter
 from triage.engine.inference import InferenceModel
-from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
+from triage.engine.predictor import Outcome, ScanImage, Stop, predict
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
 from triage.engine.safety import Scored, fast_run, rescored
-from triage.hashing import sha256_file
-from triage.inputs.cases import Case, Slice, case_score, case_window, slice_pixels
-from triage.inputs.decode import read_whole
+from triage.inputs.cases import Case, case_score, case_window
 from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
+from triage.scan.jobs import Job, SliceDecoder, jobs_of
 from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.scan.verdicts import slice_rank
-
-FORMATS = {"series": "DICOM", "volume": "NIfTI"}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One slice to score, and what decoding it needs of its case, not the case itself: on Ray a job
-    travels alone, and a 300-slice series' jobs would otherwise carry it 300 times.
-
-    Attributes:
-        kind: Its case's kind (``image``, ``series`` or ``volume``).
-        window: Its case's window; None where the decoder measures it (the local engine, once per
-            case) or where there is none (a loose image).
-        shared: How many slices share its file (a volume's, a multi-frame file's): its decoding cost.
-    """
-
-    slice: Slice
-    kind: str
-    window: tuple[float, float] | None = None
-    shared: int = 1
-
-
-def jobs_of(case: Case, window: tuple[float, float] | None = None) -> list[Job]:
-    """The jobs of a case's slices, with ``window`` (the case's own where it has one)."""
-    window = case.window if case.window is not None else window
-    return [Job(slice_, case.kind, window,
-                len(case.slices) if case.kind == "volume" or slice_.frame is not None else 1)
-            for slice_ in case.slices]
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,36 +39,6 @@ class Kept:
     image: ScanImage
     activation: np.ndarray
     job: Job | None = None
-
-
-class FileDigests:
-    """The sha256 of files read slice by slice: each hashed once, however many of its slices decode."""
-
-    def __init__(self, keep: int = 64) -> None:
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._digests: OrderedDict[Path, Future[str]] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, int]:
-        return {"keep": self.keep}  # a copy sent to another process starts empty
-
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["keep"])  # type: ignore[misc]
-
-    def get(self, path: Path) -> str:
-        with self._lock:
-            future = self._digests.get(path)
-            mine = future is None
-            if future is None:
-                future = self._digests[path] = Future()
-                while len(self._digests) > self.keep:
-                    self._digests.popitem(last=False)
-        if mine:
-            try:
-                future.set_result(sha256_file(path))
-            except Exception as err:
-                future.set_exception(err)
-        return future.result()
 
 
 class CamQueue:
@@ -157,56 +92,6 @@ class InFlight:
         self.top.append(Kept(row, image, np.array(activation), job))
         self.top.sort(key=lambda kept: slice_rank(kept.row))
         del self.top[self.top_k:]
-
-
-class SliceDecoder:
-    """Decodes a job for the model: a loose image as ever (file hash, display copy), a slice with
-    its case's window. Every file is read once: a single-frame DICOM file's bytes are hashed and
-    decoded together; a volume or multi-frame file is hashed once for all its slices, each of
-    which reads its own part. Picklable, so the Ray engine's decode tasks run the very same code.
-
-    Args:
-        image_size: The model's input size.
-        display: Keep display copies (for heat maps).
-        cases: The cases by id, to measure the window of a job that has none (local engine only).
-    """
-
-    def __init__(self, image_size: int, display: bool = True, cases: dict[str, Case] | None = None) -> None:
-        self.image_size = image_size
-        self.display = display
-        self.cases = cases if cases is not None else {}
-        self.digests = FileDigests()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "cases": {}}  # a Ray job brings its window with it
-
-    def __call__(self, job: Job) -> Decoded:
-        return self._decode(job, self.display)
-
-    def without_display(self) -> "SliceDecoder":
-        """The same decoder keeping no display copies (what the Ray engine's decode tasks run)."""
-        decoder = copy.copy(self)
-        decoder.display = False
-        return decoder
-
-    def display_copy(self, job: Job) -> np.ndarray:
-        """A job's display copy, decoded again: for the few slices that get a card on the Ray engine,
-        whose decode tasks send none (see :func:`score_cases`)."""
-        return self._decode(job, True).extra.display
-
-    def _decode(self, job: Job, display: bool) -> Decoded:
-        if job.kind == "image":
-            return decode_image(job.slice.path, self.image_size, display)
-        data = None
-        if job.kind == "series" and job.slice.frame is None:
-            digest, data = read_whole(job.slice.path)
-        else:
-            digest = self.digests.get(job.slice.path)
-        return decode_pixels(lambda: slice_pixels(job.slice, job.kind, lambda: self._window(job), data),
-                             _slice_cost(job), digest, FORMATS[job.kind], self.image_size, display)
-
-    def _window(self, job: Job) -> tuple[float, float]:
-        return job.window if job.window is not None else case_window(self.cases[job.slice.case_id])
 
 
 class CaseScorer:
@@ -291,11 +176,6 @@ class CaseScorer:
         return Row(item.relpath, "ok", sha256=image.sha256, probability=scored.probability,
                    flagged=scored.probability >= self.threshold, width=image.width, height=image.height,
                    format=image.format, precision=scored.precision, **fields)
-
-
-def _slice_cost(job: Job) -> int:
-    """Bytes decoding a slice may hold: four times its share of its file."""
-    return 4 * os.stat(job.slice.path).st_size // job.shared
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
