@@ -8,6 +8,7 @@ within 0.01 of 0.5, where no precision could move a decision. bf16 runs on any C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -142,26 +143,50 @@ def test_evaluate_uses_the_safety_net(calibrated: Path, blob_dataset: Path, tmp_
 
 
 @pytest.mark.parametrize("int8, bf16, measured, chosen", [
-    (True, True, {"int8", "bf16"}, "int8"), (False, True, {"int8", "bf16"}, "bf16"),
-    (True, True, {"bf16"}, "bf16"), (True, True, set(), "fp32"), (False, False, {"int8", "bf16"}, "fp32"),
+    (True, True, {"int8": 0.4, "bf16": 0.6}, "int8"), (True, True, {"int8": 0.7, "bf16": 0.6}, "bf16"),
+    (False, True, {"int8": 0.4, "bf16": 0.6}, "bf16"), (True, True, {"int8": 1.3, "bf16": 1.1}, "fp32"),
+    (True, True, {}, "fp32"), (False, False, {"int8": 0.4, "bf16": 0.6}, "fp32"),
 ])
-def test_auto_is_the_fastest_native_precision_with_a_margin(monkeypatch: pytest.MonkeyPatch, int8: bool,
-                                                            bf16: bool, measured: set, chosen: str) -> None:
+def test_auto_is_the_cheapest_native_precision_with_a_margin(monkeypatch: pytest.MonkeyPatch, int8: bool,
+                                                             bf16: bool, measured: dict, chosen: str) -> None:
+    """``measured``: each precision's measured time with its re-scoring, as a share of fp32's."""
     monkeypatch.setattr(triage.model.network, "cpu_has_int8", lambda cpuinfo=None: int8)
     monkeypatch.setattr(triage.model.network, "cpu_has_bf16", lambda cpuinfo=None: bf16)
     assert triage.model.network.choose_precision("auto", False, measured) == chosen
     assert triage.model.network.choose_precision("auto", False, None) == "fp32"  # training: no net
 
 
+def test_calibrate_measures_what_auto_compares() -> None:
+    from triage.train.fast_paths import measure
+
+    exact = np.array([0.1, 0.45, 0.5, 0.52, 0.9])
+    path = measure("bf16", exact, exact + [0.0, 0.0, -0.02, 0.0, 0.0], 0.5, "cpu", {})
+    assert path.flips == 1 and path.max_dp == pytest.approx(0.02)
+    # The margin is twice the largest logit difference (0.08, of 0.5 and 0.48): 0.48 and 0.52 lie
+    # within 0.16 of 0.5's logit, 0.45 (0.2 away) and the others do not.
+    assert path.near_share == pytest.approx(2 / 5)
+    faster = dataclasses.replace(path, speedup=2.5)
+    assert faster.cost == pytest.approx(1 / 2.5 + 2 / 5) and dataclasses.replace(path, speedup=0).cost > 1
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("speedup, said", [(3.0, "precision bf16 (auto), "),
+                                           (1.1, "precision fp32 (auto: no measured precision is faster")])
 def test_auto_says_what_it_chose(calibrated: Path, blob_dataset: Path, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch, native_bf16: None) -> None:
+                                 monkeypatch: pytest.MonkeyPatch, native_bf16: None, speedup: float,
+                                 said: str) -> None:
     monkeypatch.setattr(triage.model.network, "cpu_has_int8", lambda cpuinfo=None: False)
+    card = json.loads((calibrated / "model_card.json").read_text())
+    for path in card["fast_paths"]:
+        path.update(speedup=speedup, near_share=0.2)
+    model = tmp_path / "model"
+    shutil.copytree(calibrated, model)
+    (model / "model_card.json").write_text(json.dumps(card))
     out = tmp_path / "r.html"
-    result = CliRunner().invoke(main, ["scan", str(blob_dataset / "no"), "--model", str(calibrated),
+    result = CliRunner().invoke(main, ["scan", str(blob_dataset / "no"), "--model", str(model),
                                        "--out", str(out), "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "precision bf16 (auto), " in result.output and " re-scored in fp32" in result.output
+    assert said in result.output
     assert json.loads((tmp_path / "run.json").read_text())["precision_auto"] is True
 
 

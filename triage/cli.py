@@ -247,8 +247,9 @@ precision_option = choice(
     "--precision", settings.PRECISIONS,
     "fp32 exact; bf16 mixed bfloat16 (GPU, or a CPU with native bfloat16); fp16 mixed float16 (GPU "
     "only); int8 OpenVINO (CPU, pip install 'triage[openvino]'). A reduced precision needs `triage "
-    "calibrate` first; rows near the threshold are scored again in fp32. auto: the fastest this "
-    "machine runs natively that the model has a measured margin for, else fp32 (train: fp16 on a GPU).")
+    "calibrate` first; rows near the threshold are scored again in fp32. auto: the precision this "
+    "machine runs natively that calibrate measured fastest, re-scoring counted, else fp32 (train: fp16 "
+    "on a GPU).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -472,7 +473,9 @@ def calibrate(data_dir: Path, quiet: bool, log_file: Path | None, verbose: bool,
 def _calibration_summary(data_dir: Path, card: Any, seconds: float) -> str:
     measured = "; ".join(
         f"{p.precision}: max |dp| {p.max_dp:.4f} (median {p.median_dp:.4f}), {p.flips} of {p.n} decisions "
-        f"would flip, fp32 within logit margin {p.margin:.3f}" for p in card.fast_paths)
+        f"would flip, fp32 within logit margin {p.margin:.3f} ({p.near_share:.0%} of them), "
+        f"{p.speedup:.2f}x fp32's speed, {p.cost:.2f} of its time with the re-scoring"
+        for p in card.fast_paths)
     return (f"triage calibrate {data_dir}: model {card.model_id}; "
             f"{measured or 'no reduced precision runs on this machine'}; {seconds:.1f} s")
 
@@ -517,7 +520,9 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
 
 def _precision_words(model: Any, rescored: int) -> str:
     """``precision int8 (auto), 12 re-scored in fp32``: what ran, and what the safety net did."""
-    words = f"precision {model.precision}{' (auto)' if model.auto_precision else ''}"
+    words = f"precision {model.precision}"
+    if model.auto_precision:
+        words += f" (auto: {model.auto_reason})" if model.auto_reason else " (auto)"
     return words + (f", {rescored} re-scored in fp32" if model.precision != "fp32" else "")
 
 

@@ -98,7 +98,8 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
     on_gpu = device != "cpu" and gpu_available()
     if device == "gpu" and not on_gpu:
         raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
-    chosen = choose_precision(precision, on_gpu, measured_precisions(card, precision))
+    measured = measured_precisions(card, precision)
+    chosen = choose_precision(precision, on_gpu, measured)
     use_device(on_gpu)
     network = load_classifier(folder / MODEL_FILE)
     size = card.image_size
@@ -108,8 +109,9 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
     device_used = "gpu" if on_gpu else "cpu"
     fast_path = card.fast_path(chosen)
     margin = fast_path.margin if fast_path else None
+    why = auto_reason(measured) if precision == "auto" and chosen == "fp32" else ""
     summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used,
-                            auto=precision == "auto", margin=margin)
+                            auto=precision == "auto", margin=margin, auto_reason=why)
     exact = ForwardPass(network, cam_layer, jit_compile=on_gpu)
     forward = _fast_pass(folder, card, network, chosen, cam_layer, on_gpu) if chosen != "fp32" else exact
     gradcam = GradCam(network, cam_layer)
@@ -120,11 +122,19 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
     return InferenceModel(folder, card, summary, forward, gradcam, net, margin)
 
 
-def measured_precisions(card: ModelCard, requested: str) -> set[str]:
-    """The reduced precisions the card holds a margin for; ``auto`` leaves int8 out without OpenVINO."""
-    measured = {path.precision for path in card.fast_paths}
+def auto_reason(measured: dict[str, float]) -> str:
+    """Why ``auto`` kept fp32: nothing measured, or nothing measured runs faster here."""
+    if not measured:
+        return "no faster precision measured for this model (triage calibrate)"
+    return "no measured precision is faster than fp32 here, with its fp32 re-scoring"
+
+
+def measured_precisions(card: ModelCard, requested: str) -> dict[str, float]:
+    """The reduced precisions the card holds a margin for, with their measured cost against fp32;
+    ``auto`` leaves int8 out without OpenVINO."""
+    measured = {path.precision: path.cost for path in card.fast_paths}
     if requested == "auto" and not openvino_available():
-        measured.discard("int8")
+        measured.pop("int8", None)
     return measured
 
 

@@ -151,7 +151,9 @@ class FastPath:
     The differences are of the probability (``dp``) and of the logit (``dz``), the latter
     being what the safety net's ``margin`` is made of: a row whose fast logit lies within
     ``margin`` of the threshold's is scored again in fp32. ``flips`` counts the validation
-    decisions at the card's threshold that the precision would have changed without it.
+    decisions at the card's threshold that the precision would have changed without it;
+    ``speedup`` and ``near_share`` (the share it scores again) give its ``cost`` against fp32,
+    which ``--precision auto`` compares.
     ``files``: the network's files beside the model and their sha256 (int8), none for a
     Keras precision.
     """
@@ -166,6 +168,13 @@ class FastPath:
     measured_on: str  # the CPU's model name, or "gpu"
     measured_at: str
     files: dict[str, str] = field(default_factory=dict)
+    speedup: float = 0.0  # fp32's seconds over this precision's, for the validation part, where measured
+    near_share: float = 1.0  # validation images the net scores again in fp32 at the card's threshold
+
+    @property
+    def cost(self) -> float:
+        """A scan's time in this precision, with its re-scoring, as a share of fp32's (over 1: slower)."""
+        return (1 / self.speedup if self.speedup > 0 else float("inf")) + self.near_share
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection
+from typing import TYPE_CHECKING, Any, Mapping
 
 from triage.errors import CamLayerNotFound, ModelError, UsageError, WeightsUnavailable
 from triage.hashing import sha256_file
@@ -338,18 +338,19 @@ def _native(precision: str, on_gpu: bool) -> bool:
     return precision == "fp32" or on_gpu or cpu_has_bf16()
 
 
-# Fastest first: 8-bit dot products do four times the work of fp32 per instruction, bf16 twice.
+# Where measured costs tie: 8-bit dot products do four times the work of fp32 per instruction, bf16 twice.
 _FASTEST_FIRST = ("int8", "fp16", "bf16")
 
 
-def choose_precision(requested: str, on_gpu: bool, measured: Collection[str] | None = None) -> str:
+def choose_precision(requested: str, on_gpu: bool, measured: Mapping[str, float] | None = None) -> str:
     """The precision a run uses: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
 
-    A scan or an evaluation (``measured`` given: the reduced precisions whose margin
-    the model card holds, see ``triage calibrate``) runs a reduced precision only
-    with its fp32 safety net, so ``auto`` is the fastest precision this machine runs
-    natively among those measured, else fp32. Training's feature extraction
-    (``measured`` None) has no safety net: ``auto`` is fp16 on a GPU, fp32 on a CPU.
+    A scan or an evaluation (``measured`` given: the reduced precisions whose margin the
+    model card holds, see ``triage calibrate``, each with its measured cost, a share of
+    fp32's time counting the images its safety net scores again) runs a reduced precision
+    only with that net, so ``auto`` is the cheapest precision this machine runs natively
+    among those measured, if it is cheaper than fp32, else fp32. Training's feature
+    extraction (``measured`` None) has no safety net: ``auto`` is fp16 on a GPU, fp32 on a CPU.
 
     Raises:
         UsageError: an unknown precision, fp16 without a GPU, bf16 on a CPU without
@@ -362,7 +363,8 @@ def choose_precision(requested: str, on_gpu: bool, measured: Collection[str] | N
     if requested == "auto":
         if measured is None:
             return "fp16" if on_gpu else "fp32"
-        return next((p for p in _FASTEST_FIRST if p in measured and _native(p, on_gpu)), "fp32")
+        costs = {p: cost for p, cost in measured.items() if _native(p, on_gpu) and cost < 1}
+        return min(costs, key=lambda p: (costs[p], _FASTEST_FIRST.index(p))) if costs else "fp32"
     _check_runs_here(requested, on_gpu, training=measured is None)
     if requested != "fp32" and measured is not None and requested not in measured:
         raise UsageError(f"The model card holds no measured {requested} margin, without which {requested} "

@@ -29,6 +29,7 @@ class ModelSummary:
     device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
     precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16, fp16 or int8
     auto_precision: bool = False  # chosen by --precision auto
+    auto_reason: str = ""  # why auto kept fp32 where it did
     margin: float | None = None  # the safety net's logit margin (a reduced precision), see engine.safety
 
     @property
@@ -37,7 +38,8 @@ class ModelSummary:
 
 
 def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
-                  device: str = "cpu", auto: bool = False, margin: float | None = None) -> ModelSummary:
+                  device: str = "cpu", auto: bool = False, margin: float | None = None,
+                  auto_reason: str = "") -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
     trained_on = (f"{data.path} ({data.n_images} images, "
@@ -49,5 +51,5 @@ def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: s
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
         threshold_source=card.threshold_source, precision=precision, device=device,
-        auto_precision=auto, margin=margin,
+        auto_precision=auto, margin=margin, auto_reason=auto_reason,
     )

@@ -3,8 +3,9 @@
 For each reduced precision this machine runs (bf16 where the CPU has it natively or on a
 GPU, fp16 on a GPU, int8 where OpenVINO is installed), the validation part of the
 model's data (the card's ``split.validation_files``) is scored in it and in fp32; the
-differences, and the safety net's margin made from them, go into the card
-(:class:`~triage.model.card.FastPath`). The int8 network is first built here: converted
+differences, the safety net's margin made from them, the share of images within it and
+the speed against fp32 go into the card (:class:`~triage.model.card.FastPath`), where
+``--precision auto`` reads them. The int8 network is first built here: converted
 by OpenVINO and quantised by NNCF, calibrated on the training part (at most
 :data:`~triage.settings.CALIBRATION_IMAGES` images), and written beside the model.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,12 +58,13 @@ def calibrate(data_dir: Path, model: str | Path | None = None, *, positive: str 
     use_device(on_gpu)
     network = load_classifier(folder / MODEL_FILE)
     inputs = _model_inputs(validation, card.image_size)
-    exact = _probabilities(ForwardPass(network, card.cam_layer).run, inputs, batch_size)
+    exact, exact_seconds = _timed_probabilities(ForwardPass(network, card.cam_layer).run, inputs, batch_size)
     measured = []
     for precision in _candidates(on_gpu):
         run, files = _fast_run(precision, network, card, folder, training, batch_size, on_gpu)
-        measured.append(measure(precision, exact, _probabilities(run, inputs, batch_size), card.threshold,
-                                "gpu" if on_gpu else cpu_model(), files))
+        fast, seconds = _timed_probabilities(run, inputs, batch_size)
+        path = measure(precision, exact, fast, card.threshold, "gpu" if on_gpu else cpu_model(), files)
+        measured.append(dataclasses.replace(path, speedup=exact_seconds / seconds))
         log.info("%s: %s", precision, measured[-1])
     kept = [path for path in card.fast_paths if path.precision not in {m.precision for m in measured}]
     updated = dataclasses.replace(card, fast_paths=tuple(sorted(kept + measured, key=lambda m: m.precision)))
@@ -110,6 +113,14 @@ def _model_inputs(files: Sequence[LabelledFile], image_size: int) -> np.ndarray:
     return np.stack(inputs)
 
 
+def _timed_probabilities(run: Callable[[np.ndarray], Any], inputs: np.ndarray,
+                         batch_size: int) -> tuple[np.ndarray, float]:
+    """Probabilities of ``inputs``, and the seconds they took after a first batch (tracing, warm-up)."""
+    _probabilities(run, inputs[:batch_size], batch_size)
+    start = time.perf_counter()
+    return _probabilities(run, inputs, batch_size), time.perf_counter() - start
+
+
 def _probabilities(run: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> np.ndarray:
     """Probabilities of ``inputs`` in batches padded to ``batch_size``, as a scan computes them."""
     out = []
@@ -126,7 +137,9 @@ def measure(precision: str, exact: np.ndarray, fast: np.ndarray, threshold: floa
     dp = np.abs(fast - exact)
     dz = np.abs(logit(fast) - logit(exact))
     flips = int(np.sum((fast >= threshold) != (exact >= threshold)))
+    margin = settings.SAFETY_FACTOR * float(dz.max())
+    near = float(np.mean(np.abs(logit(fast) - logit(threshold)) <= margin))
     return FastPath(precision=precision, n=len(exact), median_dp=float(np.median(dp)), max_dp=float(dp.max()),
-                    max_dz=float(dz.max()), flips=flips, margin=settings.SAFETY_FACTOR * float(dz.max()),
-                    measured_on=measured_on, measured_at=dt.datetime.now(dt.timezone.utc).isoformat(
-                        timespec="seconds"), files=files)
+                    max_dz=float(dz.max()), flips=flips, margin=margin, measured_on=measured_on,
+                    measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), files=files,
+                    near_share=near)
