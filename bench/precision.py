@@ -184,6 +184,38 @@ def decisions(configs: list[tuple[str, str, Path]], data: Path, batch_size: int)
     return found
 
 
+def forward_rates(data: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Images/s of the forward pass alone (no decode, no Grad-CAM), in this process, of the parity
+    model in each precision this CPU runs, on one batch of the shared set's images; the precisions
+    alternate, median of ``repeats``. The int8 network is quantised on 32 images: its speed does
+    not depend on how well it is calibrated."""
+    from triage.engine.forward import ForwardPass
+    from triage.model.network import cpu_has_bf16, with_precision
+    from triage.model.openvino import openvino_available, quantise, to_openvino
+
+    model = R.build(image_size, R.spread_logit(R.build(image_size), C.decode_for_model(
+        C.dataset_images(data, SPREAD_IMAGES), image_size), batch_size))
+    batch = C.decode_for_model(C.dataset_images(data, batch_size), image_size)
+    runs: dict[str, Any] = {"fp32": ForwardPass(model).run}
+    if cpu_has_bf16():
+        runs["bf16"] = ForwardPass(with_precision(model, "bf16")).run
+    if openvino_available():
+        import openvino as ov
+
+        calibration = C.decode_for_model(C.dataset_images(data, 32), image_size)
+        quantised = quantise(to_openvino(model, "block5_conv4"), [calibration[i:i + batch_size]
+                                                                  for i in range(0, 32, batch_size)])
+        compiled = ov.Core().compile_model(quantised, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        runs["int8"] = lambda x: compiled(x)
+    for run in runs.values():
+        run(batch)  # tracing, compiling
+    seconds: dict[str, list[float]] = {p: [] for p in runs}
+    for _ in range(repeats):
+        for precision, run in runs.items():
+            seconds[precision].append(C.timed(lambda run=run: run(batch))[0])
+    return {p: batch_size / C.median(values) for p, values in seconds.items()}
+
+
 def cpu_line() -> str:
     from triage.model.network import cpu_flags, cpu_model
 
@@ -202,6 +234,8 @@ def main() -> int:
     p.add_argument("--write-reference", nargs="?", const=R.REFERENCE_FILE, type=Path, default=None,
                    metavar="FILE", help=f"also write the GPU check's reference [{R.REFERENCE_FILE.name}]")
     p.add_argument("--skip-throughput", action="store_true", help="decisions only")
+    p.add_argument("--forward-only", action="store_true",
+                   help="only the forward pass's images/s per precision, in this process (quick)")
     C.add_repeats(p, default=1)
     args = p.parse_args()
     data = C.check_data(args.data)
@@ -211,6 +245,11 @@ def main() -> int:
     print(C.environment_line(image_size=args.image_size, batch_size=args.batch_size, small=args.small,
                              large=args.large, repeats=args.repeats))
     print(cpu_line())
+    if args.forward_only:
+        rates = forward_rates(data, args.image_size, args.batch_size, args.repeats)
+        print(C.table([[p, f"{rate:.2f}", f"{rate / rates['fp32']:.2f}x"] for p, rate in rates.items()],
+                      ["forward pass alone", "images/s", "vs fp32"]))
+        return 0
     print("# building and calibrating the parity model ...", file=sys.stderr, flush=True)
     folder, facts = parity_model(data, args.image_size, args.batch_size)
     if args.write_reference:
