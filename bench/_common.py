@@ -162,6 +162,20 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) ->
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the vector extensions that decide the model's speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "CPU unknown"
+    lines = info.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "CPU?")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    found = [flag for flag in wanted if flag in flags]
+    return f"{name} ({' '.join(found) or 'no AVX2'})"
+
+
 def environment_line(**extra: Any) -> str:
     """One line describing the machine and settings, printed at the top of each benchmark."""
     try:
@@ -170,7 +184,7 @@ def environment_line(**extra: Any) -> str:
         gpus = len(tf.config.list_physical_devices("GPU"))
     except Exception:  # pragma: no cover - tensorflow is a dependency
         tf_version, gpus = "?", 0
-    parts = [f"python {platform.python_version()}", f"tensorflow {tf_version}",
+    parts = [f"python {platform.python_version()}", f"tensorflow {tf_version}", cpu_model(),
              f"{os.cpu_count()} CPUs", f"{gpus} GPUs", f"load {os.getloadavg()[0]:.2f}"]
     parts += [f"{k}={v}" for k, v in extra.items()]
     return "# " + ", ".join(parts)

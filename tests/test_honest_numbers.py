@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from scipy.stats import binom
 
 from triage.cli import EXIT_OK, main
 from triage.testing import TINY_TRAINING, blob_image, make_blob_dataset
@@ -81,8 +82,12 @@ def test_threshold_does_not_change_when_validation_images_do(tmp_path: Path) -> 
         Image.fromarray(blob_image(rng, tumour=relpath.startswith("no/"))).save(path, quality=95)
     swapped = train_model(data, tmp_path / "b", config).card
     assert swapped.split.validation_files == honest.split.validation_files
-    assert honest.threshold_source == swapped.threshold_source == "out-of-fold"
+    assert honest.threshold_source == swapped.threshold_source == "certified"
     assert swapped.threshold == honest.threshold
+    assert swapped.calibration.fitted == honest.calibration.fitted  # nor the calibration map
+    cert = honest.certificate
+    assert (cert.sensitivity, cert.confidence, cert.tumours) == (0.8, 0.9, honest.split.train.positive)
+    assert binom.cdf(cert.missed, cert.tumours, 1 - 0.8) <= 1 - 0.9  # the Learn-then-Test criterion
     assert honest.validation_metrics["roc_auc"]["value"] >= 0.9
     assert swapped.validation_metrics["roc_auc"]["value"] <= 0.1
 
@@ -95,13 +100,17 @@ def test_folds_nest_the_threshold_rule_and_record_each_fold(tmp_path: Path, blob
     assert cv.folds == 3 and len(cv.thresholds) == 3
     assert all(0 < t < 1 for t in cv.thresholds) and cv.metrics["threshold"] is None
     assert cv.metrics["n"] == card.data.n_images
+    assert cv.calibration["n"] == card.data.n_images  # each fold's own map on its held-out images
 
 
 def test_fixed_and_default_threshold_sources(tmp_path: Path, blob_dataset: Path) -> None:
+    """A fixed threshold is on the network's raw output; the card keeps it on the calibrated scale too."""
     fixed = train_model(blob_dataset, tmp_path / "f", TrainConfig(**QUICK, threshold=0.3)).card
-    assert (fixed.threshold, fixed.threshold_source) == (0.3, "fixed")
+    assert (fixed.calibration.raw_threshold, fixed.threshold_source) == (0.3, "fixed")
+    assert fixed.threshold == pytest.approx(float(fixed.calibration.fitted.apply(0.3)))
     default = train_model(blob_dataset, tmp_path / "d", TrainConfig(**QUICK)).card
-    assert (default.threshold, default.threshold_source) == (0.5, "default")
+    assert (default.calibration.raw_threshold, default.threshold_source) == (0.5, "default")
+    assert default.threshold == pytest.approx(float(default.calibration.fitted.apply(0.5)))
 
 
 def test_evaluate_on_training_images_warns(tmp_path: Path, trained_model: Path, blob_dataset: Path) -> None:

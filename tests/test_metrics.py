@@ -10,7 +10,6 @@ from triage.labelled.metrics import (
     _auc_rows,
     binary_metrics,
     format_metric,
-    threshold_for_sensitivity,
     wilson,
 )
 
@@ -44,23 +43,3 @@ def test_binary_metrics_values_and_intervals() -> None:
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         assert m[name]["ci_low"] <= m[name]["value"] <= m[name]["ci_high"], name
     assert binary_metrics(y, prob, 0.5, seed=3) == m  # seeded: reproducible
-
-
-def test_threshold_for_sensitivity_lies_halfway_below_the_score_that_reaches_it() -> None:
-    y = np.array([1, 1, 1, 1, 0, 0])
-    prob = np.array([0.9, 0.8, 0.3, 0.6, 0.7, 0.1])
-    assert threshold_for_sensitivity(y, prob, 0.75) == pytest.approx(0.45)  # between 0.6 and 0.3
-    assert threshold_for_sensitivity(y, prob, 1.0) == pytest.approx(0.2)  # between 0.3 and 0.1
-    for target in (0.25, 0.5, 0.75, 1.0):
-        t = threshold_for_sensitivity(y, prob, target)
-        assert t not in prob  # never on a score: a last-bit change cannot flip a case
-        assert (prob[y == 1] >= t).mean() >= target
-        next_score_up = prob[prob > t].min()
-        assert (prob[y == 1] > next_score_up).mean() < target  # the highest such cut
-
-
-def test_metrics_with_a_threshold_per_case() -> None:
-    y = np.array([1, 1, 0, 0])
-    prob = np.array([0.6, 0.4, 0.5, 0.2])
-    m = binary_metrics(y, prob, np.array([0.5, 0.3, 0.55, 0.3]), seed=1)
-    assert m["confusion_matrix"] == {"tn": 2, "fp": 0, "fn": 0, "tp": 2} and m["threshold"] is None

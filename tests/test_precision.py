@@ -153,6 +153,7 @@ def test_output_head_and_cam_tail_stay_float32(trained_model: Path, precision: s
 
 
 def test_feature_cache_keeps_precisions_apart(blob_dataset: Path, tmp_path: Path, native_bf16: None) -> None:
+    from triage.model.familiarity import STATISTICS
     from triage.model.network import resolve_backbone_weights
     from triage.train.features import FeatureCache, cache_key
     from triage.train.training import TrainConfig, train_model
@@ -160,7 +161,7 @@ def test_feature_cache_keeps_precisions_apart(blob_dataset: Path, tmp_path: Path
     weights = resolve_backbone_weights(TINY_BACKBONE)
     caches = {p: FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, p)) for p in ("fp32", "bf16", "fp16")}
     assert len({cache.path for cache in caches.values()}) == 3
-    caches["bf16"].put("a" * 64, np.ones(512), "f" * 64)
+    caches["bf16"].put("a" * 64, np.ones(512), np.zeros(len(STATISTICS)), "f" * 64)
     caches["bf16"].save()
     assert FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, "fp32")).get("a" * 64) is None
     assert FeatureCache(tmp_path, cache_key(weights, IMAGE_SIZE, "bf16")).get("a" * 64) is not None

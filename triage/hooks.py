@@ -28,7 +28,8 @@ class RunHooks:
         on_start: Told once how many items (images, slices) the run will handle.
         advance: Told how many items were just handled.
         on_phase: ``scan`` only: ``"scanning"``, ``"writing"`` (the outputs are being replaced: from
-            here on all of them become this run's) and ``"written"``.
+            here on all of them become this run's), ``"written"`` and, when DICOM objects are sent,
+            ``"sending"``.
         on_epoch: ``train`` only: each epoch's number (from 1) and its Keras logs.
     """
 

@@ -29,7 +29,8 @@ LEARNING_RATE = 1e-3
 L2 = 0.01
 DROPOUT = 0.35
 DENSE_UNITS = (128, 64)
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # on the network's raw output, as the thesis; the card also holds it calibrated
+CONFIDENCE = 0.9  # of a certified sensitivity (--target-sensitivity S --confidence C)
 POSITIVE_CLASS = "yes"
 BACKBONE_WEIGHTS = "imagenet"
 
@@ -46,3 +47,6 @@ WORKERS = 1
 # 2.3 standard deviations out; twice it is over 4.5, where fewer than 1 in 100,000 lie.
 SAFETY_FACTOR = 2.0
 CALIBRATION_IMAGES = 300  # training images NNCF calibrates INT8 on, at most
+# DICOM results (--dicom-out) and sending them (--send).
+CALLING_AE = "TRIAGE"  # this tool's AE title when it sends
+DICOM_TIMEOUT = 30.0  # seconds: to connect, for each association step, for each C-STORE reply

@@ -16,7 +16,7 @@ def library_versions() -> dict[str, str]:
     # tensorflow ships as several distributions (tensorflow, tensorflow-cpu, ...): ask the module.
     found = {"triage": __version__, "python": platform.python_version(), "tensorflow": tf.__version__}
     for name in ("keras", "numpy", "opencv-python-headless", "pillow", "pydicom",
-                 "weasyprint", "jinja2"):
+                 "weasyprint", "jinja2", "highdicom", "pynetdicom"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from triage.model.network import CAM_LAYER, cam_layer
+from triage.model.network import CAM_LAYER, FEATURE_LAYER, cam_layer
 
 if TYPE_CHECKING:
     import keras
@@ -29,11 +29,19 @@ class ForwardPass:
         import tensorflow as tf
 
         self.layer_name = layer
-        outputs = keras.Model(model.input, [cam_layer(model, layer).output, model.output])
+        pooled = model.get_layer(FEATURE_LAYER).output
+        outputs = keras.Model(model.input, [cam_layer(model, layer).output, pooled, model.output])
         self._run = tf.function(lambda x: outputs(x, training=False), jit_compile=jit_compile,
                                 reduce_retracing=True)
 
     def run(self, images: np.ndarray) -> tuple[Any, np.ndarray]:
         """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
-        activations, probability = self._run(images)
-        return activations, np.asarray(probability, dtype=np.float64).reshape(-1)
+        activations, _, probabilities = self.run_with_features(images)
+        return activations, probabilities
+
+    def run_with_features(self, images: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+        """One forward pass: activations at the CAM layer, pooled features (N, 512) as float32, and
+        probabilities (N,) as float64."""
+        activations, pooled, probability = self._run(images)
+        return (activations, np.asarray(pooled, dtype=np.float32),
+                np.asarray(probability, dtype=np.float64).reshape(-1))

@@ -37,28 +37,37 @@ class HeatmapWriter:
         stem = f"{sha256[:20]}{part}-{self.tag}"
         overlay_path = self.folder / f"{stem}_gradcam.png"
         image_path = self.folder / f"{stem}_image.jpg"
-        paths = (os.path.relpath(overlay_path, self.relative_to),
-                 os.path.relpath(image_path, self.relative_to))
-        if stem in self._submitted:
-            return paths
-        self._submitted.add(stem)
+        if stem not in self._submitted:
+            self._submitted.add(stem)
+            self._queue(pixels, cam, overlay_path, image_path)
+        return os.path.relpath(overlay_path, self.relative_to), os.path.relpath(image_path, self.relative_to)
+
+    def submit_image(self, sha256: str, pixels: np.ndarray, part: str = "") -> str:
+        """Queue the display copy alone (an image shown without a heat map); return its path."""
+        image_path = self.folder / f"{sha256[:20]}{part}-{self.tag}_image.jpg"
+        if image_path.name not in self._submitted:
+            self._submitted.add(image_path.name)
+            self._queue(pixels, None, None, image_path)
+        return os.path.relpath(image_path, self.relative_to)
+
+    def _queue(self, pixels: np.ndarray, cam: np.ndarray | None, overlay_path: Path | None,
+               image_path: Path) -> None:
         for future in [f for f in self._pending if f.done()]:
             self._pending.remove(future)
             future.result()  # a failed write stops the run here, not silently
         if len(self._pending) > 64:  # bound the queue so memory stays flat
             self._pending.pop(0).result()
         self._pending.append(self._pool.submit(self._write, pixels, cam, overlay_path, image_path))
-        return paths
 
     @staticmethod
-    def _write(pixels: np.ndarray, cam: np.ndarray, overlay_path: Path, image_path: Path) -> None:
+    def _write(pixels: np.ndarray, cam: np.ndarray | None, overlay_path: Path | None,
+               image_path: Path) -> None:
         from triage.engine.gradcam import overlay
 
-        blended = overlay(pixels, cam)
-        for path, image, params in (
-            (overlay_path, blended, [cv2.IMWRITE_PNG_COMPRESSION, 3]),
-            (image_path, pixels, [cv2.IMWRITE_JPEG_QUALITY, 90]),
-        ):
+        writes = [(image_path, pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])]
+        if cam is not None and overlay_path is not None:
+            writes.insert(0, (overlay_path, overlay(pixels, cam), [cv2.IMWRITE_PNG_COMPRESSION, 3]))
+        for path, image, params in writes:
             ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
             if not ok:
                 raise OSError(f"could not encode {path.name}")

@@ -23,6 +23,12 @@ class Int8Pass:
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One forward pass: (activations at the CAM layer, probabilities (N,) as float64)."""
+        activations, _, probabilities = self.run_with_features(images)
+        return activations, probabilities
+
+    def run_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One forward pass: activations at the CAM layer, pooled features (N, 512) as float32, and
+        probabilities (N,) as float64."""
         result = self._compiled(np.ascontiguousarray(images, dtype=np.float32))
-        activations, probability = result[0], result[1]
-        return np.asarray(activations), np.asarray(probability, dtype=np.float64).reshape(-1)
+        return (np.asarray(result[0]), np.asarray(result[1], dtype=np.float32),
+                np.asarray(result[2], dtype=np.float64).reshape(-1))

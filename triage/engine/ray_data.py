@@ -69,13 +69,14 @@ class ModelSpec:
     image_size: int
     threshold: float = 0.5  # where the fp32 safety net looks (a reduced precision)
     heatmaps: bool = True  # False: no Grad-CAM map is computed (--explain none)
+    familiarity: bool = True
 
 
 def model_spec(model: Any, threshold: float, explain: str = "flagged") -> ModelSpec:
     """What the actors load: the driver's model folder and CAM layer, on the device and at the
-    precision its summary records (see :meth:`RaySession.resolve`)."""
+    precision its summary records (see :meth:`RaySession.resolve`), with its familiarity check."""
     return ModelSpec(model.folder, model.summary.device, model.summary.precision, model.gradcam.layer_name,
-                     model.image_size, threshold, explain != "none")
+                     model.image_size, threshold, explain != "none", model.familiarity is not None)
 
 
 def require_ray() -> Any:
@@ -121,7 +122,7 @@ class Score:
         self.batch_size, self.threshold, self.heatmaps = batch_size, spec.threshold, spec.heatmaps
         try:
             self.model, self.failure = load_for_inference(spec.folder, spec.device, spec.cam_layer,
-                                                          spec.precision), None
+                                                          spec.precision, spec.familiarity), None
         except (UsageError, ModelError) as error:
             # Raised with the first batch, so the driver gets it typed (see _worker_failure),
             # not as the traceback of an actor that died starting.
@@ -135,12 +136,14 @@ class Score:
             inputs = np.concatenate([inputs, np.zeros((self.batch_size - n, *inputs.shape[1:]), np.float32)])
         from triage.engine.safety import checked_batch
 
-        activations, probabilities, precisions = checked_batch(self.model, self.threshold, inputs, n)
+        activations, probabilities, distances, precisions = checked_batch(self.model, self.threshold,
+                                                                          inputs, n)
         # A map that is not finite comes back NaN; with --explain none no map is made.
         maps = (self.model.gradcam.heatmaps(activations) if self.heatmaps
                 else np.zeros((n, 1, 1), np.float32))
+        far = np.full(n, np.nan) if distances is None else distances
         return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities, "cam": maps,
-                "precision": np.array(precisions, dtype=object)}
+                "ood": far, "precision": np.array(precisions, dtype=object)}
 
 
 class RaySession:
@@ -271,8 +274,8 @@ def _worker_failure(error: Any) -> BaseException:
 def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outcome[T]]:
     from triage.engine.safety import Scored
 
-    for index, ok, blob, probability, cam, precision in zip(
-            batch["index"], batch["ok"], batch["result"], batch["probability"], batch["cam"],
+    for index, ok, blob, probability, cam, far, precision in zip(
+            batch["index"], batch["ok"], batch["result"], batch["probability"], batch["cam"], batch["ood"],
             batch["precision"]):
         extra, failure = pickle.loads(blob)
         item = items[int(index)]
@@ -281,5 +284,7 @@ def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outc
         elif not ok:
             yield Outcome(item, extra=extra)
         else:
-            yield Outcome(item, extra=extra, output=Scored(float(probability), cam, str(precision)))
+            distance = None if np.isnan(far) else float(far)
+            yield Outcome(item, extra=extra, output=Scored(float(probability), cam, str(precision),
+                                                           ood_distance=distance))
 

@@ -26,9 +26,10 @@ from triage.engine.predictor import Decoded, Stop, decode_image, predict
 from triage.engine.safety import fast_run, rescored
 from triage.errors import DataError, Stopped, UsageError
 from triage.hooks import RunHooks
+from triage.labelled.calibration import before_and_after
 from triage.labelled.copies import image_fingerprint, near_matches
 from triage.labelled.dataset import LabelledFile, LabelledSet, index_labelled
-from triage.labelled.metrics import binary_metrics
+from triage.labelled.metrics import binary_metrics, wilson
 from triage.model.card import TrainingImages, check_threshold, read_card
 from triage.model.loading import find_model
 from triage.model.summary import ModelSummary
@@ -37,7 +38,7 @@ from triage.results.run_record import RUN_FILE, run_record
 from triage.versions import library_versions
 
 OUTPUTS = {"metrics": "metrics.json", "predictions": "predictions.csv", "roc_curve": "roc_curve.png",
-           "confusion_matrix": "confusion_matrix.png"}
+           "confusion_matrix": "confusion_matrix.png", "reliability_diagram": "reliability_diagram.png"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Evaluation:
     skipped: tuple[dict[str, str], ...]  # path, status and reason of each file that could not be read
     copies_of_training: tuple[str, ...]  # files that are copies of images the model was trained on
     metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
+    calibration: dict[str, Any]  # Brier and ECE of the raw output and of the probability, with n and CIs
+    unfamiliar: dict[str, Any] | None = None  # share called unfamiliar (false alarms on labelled MRI)
     rescored: int = 0  # files the fp32 safety net decided (a reduced precision)
 
     @property
@@ -65,9 +68,11 @@ class Scores:
 
     files: tuple[LabelledFile, ...]
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray  # calibrated by the model's map: the scale of its threshold
+    raw_probabilities: np.ndarray  # the network's output
     skipped: tuple[dict[str, str], ...]
     copy_of_training: np.ndarray  # bool per file: an exact or near copy of an image the model trained on
+    distances: np.ndarray | None = None  # ood_distance per file; None without a familiarity check
     precisions: tuple[str, ...] = ()  # per file, the precision of the pass that decided it
 
 
@@ -120,9 +125,13 @@ def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold
     clean = (binary_metrics(scores.labels[fresh], scores.probabilities[fresh], threshold)
              if scores.copy_of_training.any() else None)
     copies = tuple(f.relpath for f, c in zip(scores.files, scores.copy_of_training) if c)
+    far = scores.distances
+    unfamiliar = None if far is None else wilson(int((far > 1).sum()), len(scores.files))
     return Evaluation(out_dir, loaded.summary, threshold,
                       binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
                       scores.skipped, copies, clean,
+                      before_and_after(scores.labels, scores.raw_probabilities, scores.probabilities),
+                      unfamiliar,
                       sum(p == "fp32" for p in scores.precisions) if loaded.precision != "fp32" else 0)
 
 
@@ -136,8 +145,8 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: int, stop: Stop,
                    progress: Callable[[int], None] | None = None, threshold: float | None = None) -> Scores:
-    """Probabilities of every readable file, through the same predictor, forward pass and safety net
-    (at ``threshold``, the card's when None) as a scan.
+    """Probabilities (raw and calibrated) of every readable file, through the same predictor, forward
+    pass and safety net (at ``threshold``, the card's when None) as a scan.
 
     Raises:
         DataError: no file could be read.
@@ -149,6 +158,7 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
         return Decoded(decoded.pixels, (decoded.extra.sha256, image_fingerprint(decoded.extra.display)))
 
     probabilities: dict[int, float] = {}
+    distances: dict[int, float | None] = {}
     precisions: dict[int, str] = {}
     hashes: dict[int, tuple[str, str]] = {}
     skipped: list[dict[str, str]] = []
@@ -161,6 +171,7 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
                             "status": outcome.failure.status, "reason": outcome.failure.reason})
         else:
             probabilities[outcome.item] = outcome.output.probability
+            distances[outcome.item] = outcome.output.ood_distance
             precisions[outcome.item] = outcome.output.precision
             hashes[outcome.item] = outcome.extra
     if stop.asked:
@@ -168,9 +179,11 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
     order = sorted(probabilities)
     if not order:
         raise DataError(f"No image in {labelled.root} could be read.")
-    return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order],
-                  np.array([probabilities[i] for i in order]), tuple(skipped),
-                  copies_of_training([hashes[i] for i in order], loaded.card.training_images),
+    checked = loaded.familiarity is not None
+    raw = np.array([probabilities[i] for i in order])
+    return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order], loaded.calibrate(raw), raw,
+                  tuple(skipped), copies_of_training([hashes[i] for i in order], loaded.card.training_images),
+                  np.array([distances[i] for i in order], dtype=float) if checked else None,
                   tuple(precisions[i] for i in order))
 
 
@@ -192,11 +205,14 @@ def _metrics_json(data_dir: Path, labelled: LabelledSet, evaluation: Evaluation)
                  "class_names": {"negative": labelled.class_names[0], "positive": labelled.class_names[1]},
                  "skipped": list(evaluation.skipped)},
         "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
-                  "backbone_weights": model.backbone_weights},
+                  "backbone_weights": model.backbone_weights, "calibration": model.calibration,
+                  "calibration_sha256": model.calibration_sha256},
         "metrics": evaluation.metrics,
+        "calibration": evaluation.calibration,
         "copies_of_training": len(evaluation.copies_of_training),
         "copies_of_training_files": list(evaluation.copies_of_training),
         "metrics_without_copies": evaluation.metrics_without_copies,
+        "unfamiliar": evaluation.unfamiliar,
     }
 
 
@@ -216,17 +232,21 @@ def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, st
 def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "probability", "predicted", "precision"])
-    for item, probability, precision in zip(scores.files, scores.probabilities, scores.precisions):
-        writer.writerow([item.relpath, labelled.class_names[item.label], f"{probability:.6f}",
-                         labelled.class_names[int(probability >= threshold)], precision])
+    writer.writerow(["path", "label", "probability", "raw_probability", "predicted", "ood_distance",
+                     "unfamiliar", "precision"])
+    distances = scores.distances if scores.distances is not None else [None] * len(scores.files)
+    for item, probability, raw, distance, precision in zip(
+            scores.files, scores.probabilities, scores.raw_probabilities, distances, scores.precisions):
+        familiarity = ["", ""] if distance is None else [f"{distance:.6f}", str(distance > 1).lower()]
+        writer.writerow([item.relpath, labelled.class_names[item.label], f"{probability:.6f}", f"{raw:.6f}",
+                         labelled.class_names[int(probability >= threshold)], *familiarity, precision])
     return buffer.getvalue()
 
 
 def _write_folder(out_dir: Path, labelled: LabelledSet, scores: Scores, report: dict[str, Any],
                   manifest: dict[str, Any]) -> None:
     """Write everything into a temporary folder, then swap it in for ``out_dir``."""
-    from triage.report.charts import confusion_matrix_png, roc_curve_png
+    from triage.report.charts import confusion_matrix_png, reliability_diagram, roc_curve_png
 
     out_dir = out_dir.absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +257,9 @@ def _write_folder(out_dir: Path, labelled: LabelledSet, scores: Scores, report: 
                       staging / OUTPUTS["roc_curve"])
         confusion_matrix_png(metrics["confusion_matrix"], labelled.class_names,
                              staging / OUTPUTS["confusion_matrix"])
+        reliability_diagram(scores.labels, scores.raw_probabilities, scores.probabilities,
+                            staging / OUTPUTS["reliability_diagram"], measured=report["calibration"],
+                            title=f"Calibration on {Path(report['data']['path']).name}")
         atomic_write_text(staging / OUTPUTS["predictions"],
                           _predictions_csv(labelled, scores, metrics["threshold"]))
         atomic_write_text(staging / OUTPUTS["metrics"], json.dumps(report, indent=2) + "\n")

@@ -26,6 +26,7 @@ from triage.inputs import nifti as volumes
 from triage.inputs.decode import read_image
 from triage.inputs.discovery import FoundFile
 from triage.inputs.pixels import gray_to_rgb, scale
+from triage.inputs.study import StudyFacts
 
 # The window of a case without a stored one: these percentiles of all its values.
 WINDOW_PERCENTILES = (0.5, 99.5)
@@ -66,6 +67,7 @@ class Case:
         reason: Why, when ``status`` is set.
         window: The stored (lo, hi) window of the series, or None: then
             :func:`case_window` measures one from the pixels.
+        study: The study's date, description, accession number and patient ID (DICOM only).
     """
 
     case_id: str
@@ -80,6 +82,7 @@ class Case:
     status: str | None = None
     reason: str = ""
     window: tuple[float, float] | None = None
+    study: StudyFacts = StudyFacts()
 
 
 def build_cases(found: Sequence[FoundFile], *, group_by: str = "auto",
@@ -152,7 +155,8 @@ def _file_case(item: FoundFile, status: str, reason: str,
     return Case(item.relpath, "series", (Slice(item.path, item.relpath, None, 0, item.relpath),),
                 study_uid=str(get("StudyInstanceUID") or ""), series_uid=str(get("SeriesInstanceUID") or ""),
                 description=str(get("SeriesDescription") or ""), modality=str(get("Modality") or ""),
-                status=status, reason=reason)
+                status=status, reason=reason,
+                study=dicom_series.study_facts(header) if header is not None else StudyFacts())
 
 
 def _series_case(stack: dicom_series.Stack, wanted: set[str]) -> Case:
@@ -164,7 +168,7 @@ def _series_case(stack: dicom_series.Stack, wanted: set[str]) -> Case:
                 first.modality, stack.sort_method, stack.localizer,
                 status=None if scored else "skipped",
                 reason="" if scored else f"modality {first.modality or 'missing'}",
-                window=first.window)
+                window=first.window, study=first.study)
 
 
 def decode_slice(slice_: Slice, case: Case) -> np.ndarray:

@@ -27,6 +27,7 @@ from triage.errors import ImageLoadError, short_reason
 from triage.inputs.dicom import DICOM_DEFER_BYTES
 from triage.inputs.discovery import FoundFile
 from triage.inputs.formats import DICOM_FIRST_GROUPS, MAX_PIXELS
+from triage.inputs.study import StudyFacts
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Functional groups of an enhanced multi-frame file that describe one frame.
@@ -59,6 +60,7 @@ class DicomImage:
     position: tuple[float, float, float] | None
     instance: int | None
     window: tuple[float, float] | None  # the stored window (lo, hi) of a grayscale image
+    study: StudyFacts = StudyFacts()
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,14 @@ def _image(found: FoundFile, frame: int | None, view: FrameView) -> DicomImage:
         position=_floats(view.get("ImagePositionPatient"), 3),
         instance=_int(view.get("InstanceNumber")),
         window=stored_window(view),
+        study=study_facts(view.ds),
     )
+
+
+def study_facts(ds: pydicom.Dataset) -> StudyFacts:
+    """The study's date, description, accession number and patient ID from a header."""
+    return StudyFacts(*(str(ds.get(keyword) or "").strip() for keyword in
+                        ("StudyDate", "StudyDescription", "AccessionNumber", "PatientID")))
 
 
 def stored_window(view: pydicom.Dataset | FrameView) -> tuple[float, float] | None:

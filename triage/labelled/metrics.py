@@ -8,7 +8,6 @@ anything from 0.79 to 0.96, and a lab must see that.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -104,28 +103,6 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float | np.n
                        samples["f1"], len(y)),
         "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
     }
-
-
-def threshold_for_sensitivity(y_true: np.ndarray, prob: np.ndarray, target: float) -> float:
-    """A threshold whose sensitivity on (y_true, prob) is at least ``target``, halfway between two scores.
-
-    With positives' scores sorted high to low, sensitivity at threshold t is the
-    share of them >= t, so the k-th highest positive score s_k (k =
-    ceil(target * n_positive)) is the highest threshold that meets the target.
-    The threshold lies halfway between s_k and the next lower score of any
-    case, so that a last-bit difference in a score at scan time cannot move a
-    case across it.
-    """
-    if not 0 < target <= 1:
-        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
-    scores = np.asarray(prob, dtype=np.float64)
-    positives = np.sort(scores[np.asarray(y_true) == 1])[::-1]
-    if positives.size == 0:
-        raise ValueError("no positive cases to choose a threshold from")
-    k = max(1, math.ceil(target * positives.size - 1e-9))
-    kth = float(positives[k - 1])
-    below = scores[scores < kth]
-    return (kth + float(below.max())) / 2 if below.size else kth / 2
 
 
 def format_metric(metric: dict[str, Any]) -> str:

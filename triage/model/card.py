@@ -17,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from triage.errors import ModelError, UsageError
+from triage.model.calibration import CALIBRATION_FILE, CalibrationMap
 from triage.outputs.atomic import atomic_write_text
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 CURVES_FILE = "training_curves.png"
-CARD_SCHEMA_VERSION = 2
-# Schema 1 cards (before copies and threshold sources) read with those fields empty.
-READABLE_SCHEMAS = (1, 2)
+RELIABILITY_FILE = "reliability_diagram.png"
+# Schema 3: the threshold is on the calibrated scale of calibration.json. An older triage would
+# compare it with raw outputs, so it refuses these cards and asks for an upgrade.
+CARD_SCHEMA_VERSION = 3
+# Schema 1 cards (before copies and threshold sources) and schema 2 cards (before calibration) read
+# with those fields empty.
+READABLE_SCHEMAS = (1, 2, 3)
 RANDOM_WARNING = "RANDOM BACKBONE: built for tests and smoke runs only; its scores mean nothing."
 
 
@@ -123,6 +128,39 @@ class CrossValidation:
     seed: int
     metrics: dict[str, Any]
     thresholds: tuple[float, ...] = ()  # each fold's own, chosen on its training part
+    calibration: dict[str, Any] | None = None  # Brier and ECE of all images, each fold's own map
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A certified threshold: sensitivity >= ``sensitivity`` with probability >= ``confidence``.
+
+    ``tumours``: the tumour images (copy groups counted once) of the training part it rests on,
+    from out-of-fold predictions; ``missed``: how many of them fall below the threshold.
+    """
+
+    sensitivity: float
+    confidence: float
+    tumours: int
+    missed: int
+    method: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration map and what it did on the validation set.
+
+    ``fitted`` is None when the out-of-fold scores gave no increasing map (``note`` says so):
+    probabilities are then the raw output. ``validation``: Brier and ECE before and after the
+    map, each with n and a 95% interval.
+    """
+
+    fitted: CalibrationMap | None
+    raw_threshold: float
+    validation: dict[str, Any]
+    file: str | None = CALIBRATION_FILE
+    reliability_diagram: str = RELIABILITY_FILE
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,6 +216,27 @@ class FastPath:
 
 
 @dataclass(frozen=True)
+class FamiliarityCheck:
+    """How the model tells an unfamiliar image (:mod:`triage.model.familiarity`), and its false alarms.
+
+    ``validation`` holds :func:`triage.labelled.metrics.wilson` of the validation images called
+    unfamiliar: value, 95% interval and n.
+    """
+
+    method: str
+    neighbours: int
+    quantile: float
+    feature_threshold: float
+    statistics_threshold: float
+    combined_threshold: float
+    n_images: int
+    n_entries: int
+    file: str
+    sha256: str
+    validation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything known about a trained model (``schema_version`` :data:`CARD_SCHEMA_VERSION`).
 
@@ -192,7 +251,7 @@ class ModelCard:
     backbone: Backbone
     cam_layer: str
     image_size: int
-    threshold: float
+    threshold: float  # on the scale of the probability column (calibrated, schema 3)
     threshold_rule: str
     data: TrainingData
     split: Split
@@ -201,8 +260,10 @@ class ModelCard:
     history: dict[str, list[float]] = field(default_factory=dict)
     cross_validation: CrossValidation | None = None
     features: FeatureStats | None = None
-    threshold_source: str = "default"  # "default", "fixed" or "out-of-fold" (of the training part)
+    threshold_source: str = "default"  # "default", "fixed", "certified" (or "out-of-fold", schema 2)
     target_sensitivity: float | None = None
+    certificate: Certificate | None = None  # threshold_source "certified"
+    calibration: Calibration | None = None  # None: trained before calibration (probability = raw)
     copies: Copies | None = None
     validation_metrics_clean: dict[str, Any] | None = None  # keras split: validation without copies
     training_images: TrainingImages = field(default_factory=TrainingImages)
@@ -211,6 +272,7 @@ class ModelCard:
                           "vgg19 caffe preprocess_input inside the model")
     model_file: str = MODEL_FILE
     warning: str | None = None
+    familiarity: FamiliarityCheck | None = None  # None: trained before the check existed
     schema_version: int = CARD_SCHEMA_VERSION
 
     def metric(self, name: str) -> tuple[float, float, float, int] | None:

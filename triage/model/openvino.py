@@ -1,8 +1,8 @@
 """The INT8 network: the trained model through OpenVINO, quantised by NNCF, beside the model.
 
 OpenVINO and NNCF are an optional extra (``pip install 'triage[openvino]'``). The
-network has two outputs, like :class:`triage.engine.forward.ForwardPass`: the
-activations at the CAM layer and the probability. NNCF's post-training quantisation
+network has the outputs of :class:`triage.engine.forward.ForwardPass`: the
+activations at the CAM layer, the pooled features and the probability. NNCF's post-training quantisation
 calibrates it on training images; what it cannot make exact is caught by the fp32
 safety net (:mod:`triage.engine.safety`). The files are written beside
 ``model.keras``, and their sha256 go into the card, which is checked on loading.
@@ -70,12 +70,16 @@ def openvino_available() -> bool:
 
 
 def to_openvino(network: "keras.Model", cam_layer: str) -> Any:
-    """The float32 network as an OpenVINO model: image -> (CAM-layer activations, probability)."""
+    """The float32 network as an OpenVINO model: image -> (CAM-layer activations, pooled features,
+    probability), the outputs of :meth:`triage.engine.forward.ForwardPass.run_with_features`."""
     import keras
     import tensorflow as tf
 
+    from triage.model.network import FEATURE_LAYER
+
     ov = require_openvino()
-    outputs = keras.Model(network.input, [network.get_layer(cam_layer).output, network.output])
+    outputs = keras.Model(network.input, [network.get_layer(cam_layer).output,
+                                          network.get_layer(FEATURE_LAYER).output, network.output])
     size = tuple(network.input.shape[1:])
     function = tf.function(lambda x: outputs(x, training=False),
                            input_signature=[tf.TensorSpec((None, *size), tf.float32)])

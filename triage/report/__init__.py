@@ -7,7 +7,7 @@ the run's own files.
 
 from triage.report.figures import draw_figures
 from triage.report.html import write_html
-from triage.report.pdf import write_pdf
+from triage.report.pdf import render_pdf, write_pdf
 from triage.report.view import Figures
 
-__all__ = ["Figures", "draw_figures", "write_html", "write_pdf"]
+__all__ = ["Figures", "draw_figures", "render_pdf", "write_html", "write_pdf"]

@@ -79,6 +79,42 @@ def roc_curve_png(y_true: np.ndarray, prob: np.ndarray, auc: float | None, path:
     atomic_write_bytes(path, png_bytes(figure, tight=True))
 
 
+def reliability_diagram(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, path: Path, *,
+                        measured: dict[str, Any] | None = None, title: str = "", bins: int = 10) -> None:
+    """Observed share of tumours against the mean probability, per bin, before and after the map.
+
+    Points come from scikit-learn's ``calibration_curve`` (``bins`` equal bins); a
+    perfectly calibrated model lies on the diagonal. Below, how many images fell
+    in each bin. ``measured``: Brier and ECE before and after (shown in the legend).
+    """
+    import numpy as np
+    from sklearn.calibration import calibration_curve
+
+    figure = new_figure(5.5, 6.0)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for name, values, colour in (("before", raw, "#8aa1b4"), ("after", calibrated, "#c0392b")):
+        label = "network output (raw)" if name == "before" else "calibrated probability"
+        if measured:
+            label += (f": Brier {measured[name]['brier']['value']:.3f}, "
+                      f"ECE {measured[name]['ece']['value']:.3f}")
+        if len(values) and 0 < int(np.sum(y_true)) < len(y_true):
+            observed, predicted = calibration_curve(y_true, values, n_bins=bins)
+            top.plot(predicted, observed, marker="o", color=colour, label=label)
+        bottom.hist(values, bins=edges, histtype="step", color=colour, linewidth=1.5)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("share of tumour images in the bin")
+    top.set_title(title or "Reliability diagram")
+    top.legend(loc="lower right", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_xlabel(f"mean probability in the bin ({bins} bins, n={len(y_true)})")
+    bottom.set_ylabel("images")
+    bottom.yaxis.get_major_locator().set_params(integer=True)
+    atomic_write_bytes(path, png_bytes(figure, tight=True))
+
+
 def confusion_matrix_png(confusion: dict[str, int], class_names: Sequence[str], path: Path) -> None:
     """The 2x2 confusion matrix with counts, rows = truth, columns = prediction."""
     import numpy as np

@@ -41,3 +41,13 @@ def duration(seconds: float) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def study_date(value: str) -> str:
+    """A DICOM date ``20240305`` as ``2024-03-05``; ``—`` when there is none; anything else unchanged."""
+    text = (value or "").strip()
+    if not text:
+        return "—"
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text

@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from triage.outputs.atomic import atomic_write_text
 from triage.report.figures import draw_figures
-from triage.report.formatting import short_number, url_path
+from triage.report.formatting import short_number, study_date, url_path
 from triage.report.view import Figures, ImageSource, context
 from triage.results.records import ScanResult
 
@@ -93,6 +93,7 @@ def _environment() -> jinja2.Environment:
     env.filters["intcomma"] = lambda n: f"{n:,}"
     env.filters["prob"] = lambda p: "—" if p is None else f"{p:.3f}"
     env.filters["num"] = short_number
+    env.filters["study_date"] = study_date
     env.filters["plural"] = lambda n, one, many=None: one if n == 1 else (many or one + "s")
     return env
 

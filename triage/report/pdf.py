@@ -19,7 +19,7 @@ from typing import Any
 
 from triage.outputs.atomic import atomic_write_bytes
 from triage.report.html import render_html
-from triage.report.view import Figures, shown_cases
+from triage.report.view import Figures, shown_cases, shown_unfamiliar
 from triage.results.records import ScanResult
 
 # Embedded PDF images: longest side in pixels, first JPEG quality, and the byte budget one
@@ -47,18 +47,30 @@ def write_pdf(result: ScanResult, path: str | os.PathLike[str], *, max_cases: in
     Raises:
         ValueError: If ``max_cases`` is negative.
     """
+    atomic_write_bytes(path, render_pdf(result, Path(path).resolve().parent, max_cases=max_cases,
+                                        figures=figures))
+
+
+def render_pdf(result: ScanResult, folder: Path, *, max_cases: int = 200,
+               figures: Figures | None = None) -> bytes:
+    """The PDF report's bytes, for a report in ``folder`` (where the heat-map paths are relative to).
+
+    Raises:
+        ValueError: If ``max_cases`` is negative.
+    """
     if max_cases < 0:
         raise ValueError(f"max_cases must be 0 or more, got {max_cases}")
     from weasyprint import HTML
 
-    folder = Path(path).resolve().parent
     wanted = [rel for case in shown_cases(result, max_cases) for row in case.top
               for rel in (row.original, row.heatmap) if rel]
+    wanted += [case.top[0].original for case in shown_unfamiliar(result, max_cases)
+               if case.top and case.top[0].original]
     images = _embed_images(folder, wanted)
     html = render_html(result, for_pdf=True, max_cases=max_cases, image_src=images.get, figures=figures)
     fetcher = _restricted_url_fetcher(folder)
     document = HTML(string=html, base_url=folder.as_uri() + "/", url_fetcher=fetcher)
-    atomic_write_bytes(path, document.write_pdf())
+    return document.write_pdf()
 
 
 # --------------------------------------------------------------------------- embedded images

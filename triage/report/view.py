@@ -56,6 +56,7 @@ def context(result: ScanResult, *, for_pdf: bool, max_cases: int | None,
         **_run_facts(result),
         **_model_facts(result),
         **_flagged(result, max_cases, image_src, figures),
+        **_unfamiliar(result, max_cases, image_src),
         **_failures(result, PDF_MAX_FAILURES if for_pdf else None),
     }
 
@@ -64,6 +65,12 @@ def shown_cases(result: ScanResult, max_cases: int | None) -> list[CaseSummary]:
     """The flagged cases with a card (a copy of an earlier case has none), the first ``max_cases``."""
     flagged = [case for case in result.flagged_cases if case.copy_of is None]
     return flagged if max_cases is None else flagged[:max_cases]
+
+
+def shown_unfamiliar(result: ScanResult, max_cases: int | None) -> list[CaseSummary]:
+    """The unfamiliar cases that are not flagged, with a card: the first ``max_cases``."""
+    unfamiliar = [case for case in result.unfamiliar_cases if case.copy_of is None]
+    return unfamiliar if max_cases is None else unfamiliar[:max_cases]
 
 
 def rows_of(result: ScanResult, cases: Iterable[CaseSummary]) -> dict[str, list[Row]]:
@@ -126,6 +133,18 @@ def _flagged(result: ScanResult, max_cases: int | None, image_src: ImageSource,
         "flagged_hidden": len(flagged) - len(shown),
         "copies_merged": len(result.flagged_cases) - len(flagged),
     }
+
+
+def _unfamiliar(result: ScanResult, max_cases: int | None, image_src: ImageSource) -> dict[str, Any]:
+    """A card per unfamiliar case that is not flagged: its most probable slice, as it is, and its distance."""
+    every, shown = shown_unfamiliar(result, None), shown_unfamiliar(result, max_cases)
+    rows = rows_of(result, shown)
+    cards = [{"case": case, "location": _location(case, rows.get(case.case_id, [])),
+              "new": result.incremental and case.new, "facts": _case_facts(case, result),
+              "row": case.top[0], "original": _image_view(case.top[0].original, image_src)}
+             for case in shown if case.top]
+    return {"familiarity": result.model.familiarity, "unfamiliar_cards": cards,
+            "unfamiliar_total": len(every), "unfamiliar_hidden": len(every) - len(shown)}
 
 
 def _failures(result: ScanResult, limit: int | None) -> dict[str, Any]:
@@ -215,9 +234,12 @@ def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
         ("Trained on", model.trained_on or "not recorded"),
         ("Trained at", when(model.trained_at) if model.trained_at else "not recorded"),
         ("Threshold", threshold),
+        *([("Certified", model.certified)] if model.certified else []),
+        ("Calibration", model.calibration or "not recorded"),
         ("Input size", f"{model.image_size} × {model.image_size} px"),
         ("Validation sensitivity", _metric(model.val_sensitivity)),
         ("Validation specificity", _metric(model.val_specificity)),
+        ("Familiarity check", _familiarity_row(model)),
         ("Measured", _measured_on(result)),
         ("Backbone weights", model.backbone_weights),
         ("Precision of this run", _precision(result)),
@@ -234,6 +256,19 @@ def _precision(result: ScanResult) -> str:
         return said
     return (f"{said}; {result.rescored_this_run} images near the threshold (logit within "
             f"{model.margin:.3g}) scored again in fp32, which decided them")
+
+
+def _familiarity_row(model: Any) -> str:
+    if model.familiarity == "off":
+        return "off for this run (--no-familiarity)"
+    if model.familiarity != "checked":
+        return "not available: this model was trained without a familiarity index"
+    alarms = model.val_unfamiliar
+    if alarms is None:
+        return "on"
+    point, low, high, n = alarms
+    return (f"on; it called {point:.0%} of the validation images unfamiliar "
+            f"(95% CI {low:.0%}–{high:.0%}, n={n})")
 
 
 def _metric(value: tuple[float, float, float, int] | None) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from triage.inputs.study import StudyFacts
 from triage.model.summary import ModelSummary
+from triage.results.dicom import DicomExport
 
 # CSV statuses. `ok` rows carry a probability; every other status has a reason.
 OK = "ok"
@@ -22,9 +24,10 @@ STATUSES: dict[str, str] = {
     "link_outside": "a symbolic link to a file outside the input folder, not read",
     "link_broken": "a symbolic link whose target does not exist, or a link loop",
     "not_scanned": "the run was interrupted before this file was scored",
+    "deferred": "a file of its case changed in the last --settle seconds (still arriving): scored later",
     "error": "an unexpected error while scoring this file",
 }
-FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned"}
+FAILED_STATUSES = frozenset(STATUSES) - {OK, "skipped", "not_scanned", "deferred"}
 
 @dataclass(frozen=True)
 class Row:
@@ -35,7 +38,8 @@ class Row:
         sha256: Hex digest of the file's bytes; ``None`` when it was never read.
         status: ``ok`` or one of the error kinds in :data:`STATUSES`.
         reason: Human reason for a non-``ok`` status; empty when ``ok``.
-        probability: Tumour probability in [0, 1]; ``None`` unless ``ok``.
+        probability: Tumour probability in [0, 1], calibrated by the model's map; ``None`` unless ``ok``.
+        raw_probability: The network's own output, before the map (the same for a model without one).
         flagged: ``probability >= threshold``.
         heatmap: Grad-CAM overlay PNG, relative to the report's folder, if one was made.
         original: Display copy of the decoded image (same size as the overlay),
@@ -53,6 +57,9 @@ class Row:
         heatmap_note: Why a row that asked for a heat map has none.
         precision: The precision of the pass that decided the row: the run's, or ``fp32`` where
             the safety net scored it again (its probability was near the threshold).
+        ood_distance: How unlike the training images the image is (:mod:`triage.model.familiarity`);
+            above 1 it is unfamiliar. None when not scored or when no familiarity check ran.
+        unfamiliar: ``ood_distance > 1``: its score is not to be trusted; None as ``ood_distance``.
     """
 
     path: str
@@ -61,6 +68,7 @@ class Row:
     reason: str = ""
     probability: float | None = None
     flagged: bool = False
+    raw_probability: float | None = None
     heatmap: str | None = None
     original: str | None = None
     width: int | None = None
@@ -75,6 +83,8 @@ class Row:
     slice_index: int | None = None
     copy_of: str | None = None
     heatmap_note: str | None = None
+    ood_distance: float | None = None
+    unfamiliar: bool | None = None
     precision: str | None = None
 
     @property
@@ -110,6 +120,9 @@ class CaseSummary:
         copies: First paths of later cases with the same bytes, shown on this case's card.
         copy_of: The case whose card shows this one (same bytes), if any.
         new: Some row was scored in this run.
+        unfamiliar: Most of its scored slices are unfamiliar (a loose image: it is); None when no
+            familiarity check ran. Its score is not to be trusted, whatever it is.
+        study: Its study's date, description, accession number and patient ID (DICOM only).
     """
 
     case_id: str
@@ -134,16 +147,29 @@ class CaseSummary:
     copies: tuple[str, ...] = ()
     copy_of: str | None = None
     new: bool = True
+    unfamiliar: bool | None = None
+    study: StudyFacts = StudyFacts()
+
+    @property
+    def ood_distance(self) -> float:
+        """The largest ``ood_distance`` of its shown slices (0 when none was measured)."""
+        return max((row.ood_distance or 0.0 for row in self.top), default=0.0)
+
+    @property
+    def needs_review(self) -> bool:
+        """Flagged, or unfamiliar: never reported as clear."""
+        return self.flagged or bool(self.unfamiliar)
 
 
 @dataclass(frozen=True)
 class StudySummary:
-    """A DICOM study's line: the highest score of its non-localizer cases."""
+    """A DICOM study's line: the highest score of its non-localizer cases, and how a lab finds it."""
 
     study_uid: str
     score: float | None
     flagged: bool
     case_ids: tuple[str, ...]
+    facts: StudyFacts = StudyFacts()
 
 
 def image_summaries(rows: tuple[Row, ...], threshold: float) -> tuple[CaseSummary, ...]:
@@ -151,7 +177,8 @@ def image_summaries(rows: tuple[Row, ...], threshold: float) -> tuple[CaseSummar
     return tuple(
         CaseSummary(case_id=row.path, kind="image", n_images=1, n_scored=1, score=row.probability,
                     flagged=row.probability is not None and row.probability >= threshold, aggregate="max",
-                    first_path=row.path, top_path=row.path, top=(row,), new=row.new)
+                    first_path=row.path, top_path=row.path, top=(row,), new=row.new,
+                    unfamiliar=row.unfamiliar)
         for row in rows if row.ok)
 
 
@@ -179,6 +206,7 @@ class ScanResult:
     studies: tuple[StudySummary, ...] = ()
     aggregate: str = "max"
     top_k: int = 3
+    dicom: DicomExport | None = None  # what --dicom-out wrote and sent, once it has
 
     def __post_init__(self) -> None:
         if not self.cases:
@@ -220,6 +248,12 @@ class ScanResult:
         return tuple(sorted(hits, key=lambda s: (-(s.score or 0.0), s.first_path, s.case_id)))
 
     @property
+    def unfamiliar_cases(self) -> tuple[CaseSummary, ...]:
+        """Unfamiliar cases that are not flagged (those are shown with the flagged), most unlike first."""
+        hits = [s for s in self.cases if s.unfamiliar and not s.flagged]
+        return tuple(sorted(hits, key=lambda s: (-s.ood_distance, s.first_path, s.case_id)))
+
+    @property
     def failures(self) -> tuple[Row, ...]:
         return tuple(c for c in self.rows if c.failed)
 
@@ -242,8 +276,12 @@ class ScanResult:
         return {
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
+            "deferred": self.count("deferred"),
             "scored_this_run": self.scored_this_run, "rescored_fp32": self.rescored_this_run,
             "removed_since_last": self.removed_since_last,
+            "unfamiliar": sum(bool(row.unfamiliar) for row in self.rows),
             "cases": len(self.cases), "cases_flagged": len(self.flagged_cases),
+            "cases_unfamiliar": len(self.unfamiliar_cases),
+            "cases_need_review": sum(case.needs_review for case in self.cases),
             "studies": len(self.studies), "studies_flagged": sum(s.flagged for s in self.studies),
         }

@@ -26,6 +26,7 @@ def run_record(command: str, model: ModelSummary, *, threshold: float, versions:
         "command": command,
         "versions": versions,
         "model": {"id": model.id, "path": model.path, "sha256": model.sha256,
+                  "calibration_sha256": model.calibration_sha256,
                   "backbone_weights": model.backbone_weights, "image_size": model.image_size},
         "threshold": threshold,
         "precision": model.precision,

@@ -10,13 +10,16 @@ from triage.outputs.atomic import atomic_write_text
 from triage.results.records import ScanResult
 
 CSV_COLUMNS = (
-    "path", "sha256", "status", "reason", "probability", "flagged",
+    "path", "sha256", "status", "reason", "probability", "raw_probability", "flagged",
     "heatmap", "width", "height", "format", "model_id",
-    "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note", "precision",
+    "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
+    "ood_distance", "unfamiliar", "precision",
 )
 CASE_CSV_COLUMNS = (
-    "case_id", "kind", "study_uid", "series_uid", "description", "modality", "n_images", "n_scored",
+    "case_id", "kind", "study_uid", "study_date", "study_description", "accession_number", "patient_id",
+    "series_uid", "description", "modality", "n_images", "n_scored",
     "score", "flagged", "top_path", "top_slice_index", "aggregate", "sort_method", "localizer",
+    "unfamiliar", "needs_review",
 )
 
 
@@ -42,11 +45,11 @@ def csv_text(result: ScanResult) -> str:
     for row in result.rows:
         writer.writerow([
             row.path, _cell(row.sha256), row.status, row.reason,
-            _cell(row.probability), _cell(row.flagged) if row.ok else "",
+            _cell(row.probability), _cell(row.raw_probability), _cell(row.flagged) if row.ok else "",
             _cell(row.heatmap), _cell(row.width), _cell(row.height), _cell(row.format),
             result.model.id, _cell(row.case_id), _cell(row.study_uid), _cell(row.series_uid),
             _cell(row.slice_index), _cell(row.copy_of), _cell(row.heatmap_note),
-            _cell(row.precision),
+            _cell(row.ood_distance), _cell(row.unfamiliar), _cell(row.precision),
         ])
     return buffer.getvalue()
 
@@ -58,10 +61,11 @@ def cases_csv_text(result: ScanResult) -> str:
     writer.writerow(CASE_CSV_COLUMNS)
     for case in result.cases:
         writer.writerow([
-            case.case_id, case.kind, case.study_uid, case.series_uid, case.description, case.modality,
+            case.case_id, case.kind, case.study_uid, case.study.date, case.study.description,
+            case.study.accession, case.study.patient_id, case.series_uid, case.description, case.modality,
             case.n_images, case.n_scored, _cell(case.score), _cell(case.flagged) if case.n_scored else "",
             _cell(case.top_path), _cell(case.top_slice_index), case.aggregate, case.sort_method,
-            _cell(case.localizer),
+            _cell(case.localizer), _cell(case.unfamiliar), _cell(case.needs_review) if case.n_scored else "",
         ])
     return buffer.getvalue()
 

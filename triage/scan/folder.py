@@ -43,7 +43,9 @@ class ScanOptions:
     top_k: int = settings.TOP_K  # slices in a topk score, and slices of a flagged case that get heat maps
     modalities: tuple[str, ...] = settings.MODALITIES  # DICOM modalities that are scored
     engine: str = settings.ENGINES[0]  # local: this process; ray: Ray Data (see ray)
+    familiarity: bool = True  # mark images unlike the training images (when the model has an index)
     ray: RaySettings = RaySettings()  # where and how wide the ray engine runs
+    settle: float = 0.0  # seconds: a case with a file modified more recently waits for a later run
 
     def validate(self) -> None:
         check_threshold(self.threshold)
@@ -57,6 +59,8 @@ class ScanOptions:
         if self.aggregate not in settings.AGGREGATES:
             raise UsageError(f"The aggregate must be one of {', '.join(settings.AGGREGATES)}.",
                              option="aggregate")
+        if self.settle < 0:
+            raise UsageError(f"Settle must be 0 seconds or more, got {self.settle:g}.", option="settle")
         if self.top_k < 1:
             raise UsageError(f"Top k must be at least 1, got {self.top_k}.", option="top_k")
         if self.engine not in settings.ENGINES:
@@ -97,7 +101,8 @@ def scan_folder(
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     threshold = model.threshold(options.threshold)
     found = list(discover(Path(input_dir)))
-    plan = plan_scan(found, reuse or {}, report_dir, group_by=options.group_by, modalities=options.modalities)
+    plan = plan_scan(found, reuse or {}, report_dir, group_by=options.group_by, modalities=options.modalities,
+                     settle=options.settle)
     hooks.on_start(plan.total)
     if plan.rows:
         hooks.advance(len(plan.rows))

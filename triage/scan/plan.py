@@ -9,6 +9,7 @@ is scored again (a slice's pixels depend on its whole series: one window per cas
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,7 +46,7 @@ def case_fields(case: Case, slice_index: int | None = None) -> dict[str, Any]:
 
 
 def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[Row]], report_dir: Path, *,
-              group_by: str = "auto", modalities: Sequence[str] = ("MR",)) -> Plan:
+              group_by: str = "auto", modalities: Sequence[str] = ("MR",), settle: float = 0.0) -> Plan:
     """Cases from the files found; rows for what is not scored and for unchanged cases.
 
     Args:
@@ -53,10 +54,12 @@ def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[Row]], report_di
         reuse: The previous run's rows by path (see :func:`triage.scan.state.load_state`).
         report_dir: Folder the report lives in (carried rows' images must still be there).
         group_by, modalities: See :func:`triage.inputs.cases.build_cases`.
+        settle: Seconds: a case with a file modified more recently is ``deferred`` to a later run.
     """
     built, loose = build_cases(found, group_by=group_by, modalities=modalities)
     images = [image_case(row) for row in loose if row.status is None]
-    plan = Plan(list(found), sorted(built + images, key=_first_path))
+    cases = sorted(built + images, key=_first_path)
+    plan = Plan(list(found), [deferred(case, found, settle) for case in cases] if settle > 0 else cases)
     for row in loose:
         if row.status is not None:
             plan.rows[(row.relpath, None)] = Row(row.relpath, row.status, reason=row.reason)
@@ -70,6 +73,19 @@ def plan_scan(found: Sequence[FoundFile], reuse: dict[str, list[Row]], report_di
         else:
             plan.rows.update((row.key, row) for row in kept)
     return plan
+
+
+def deferred(case: Case, found: Sequence[FoundFile], settle: float) -> Case:
+    """The case, ``deferred`` when one of its files was modified less than ``settle`` seconds ago."""
+    if case.status is not None:
+        return case
+    paths = {slice_.relpath for slice_ in case.slices}
+    newest = max((item.mtime_ns or 0 for item in found if item.relpath in paths), default=0)
+    age = (time.time_ns() - newest) / 1e9
+    if age >= settle:
+        return case
+    return replace(case, status="deferred", reason=f"a file changed {max(age, 0):.0f} s ago (less than the "
+                                                   f"{settle:g} s to settle): a later run scores it")
 
 
 def _first_path(case: Case) -> tuple[str, str]:

@@ -55,6 +55,12 @@ class CamQueue:
         if len(self.pending) >= self.size:
             self.flush()
 
+    def show(self, kept: Kept) -> None:
+        """The slice's display copy alone, for a report card without a heat map."""
+        part = "" if kept.row.slice_index is None else f"-{kept.row.slice_index}"
+        original = self.writer.submit_image(kept.image.sha256, kept.image.display, part)
+        self.rows[kept.row.key] = replace(self.rows[kept.row.key], original=original)
+
     def flush(self) -> None:
         """Heat maps for the pending slices; a map that is not finite leaves its row without one, noted."""
         if not self.pending:
@@ -83,7 +89,13 @@ class InFlight:
     remaining: int
     top_k: int
     probabilities: list[float] = field(default_factory=list)
+    familiarity: list[bool] = field(default_factory=list)  # each checked slice: unfamiliar?
     top: list[Kept] = field(default_factory=list)
+
+    @property
+    def unfamiliar(self) -> bool:
+        """Most of its checked slices are unfamiliar (as :func:`triage.scan.verdicts.case_verdict`)."""
+        return 2 * sum(self.familiarity) > len(self.familiarity) > 0
 
     def offer(self, row: Row, image: ScanImage, activation: np.ndarray, job: Job) -> None:
         """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
@@ -136,6 +148,8 @@ class CaseScorer:
         flight.remaining -= 1
         if row.ok and row.probability is not None:
             flight.probabilities.append(row.probability)
+            if row.unfamiliar is not None:
+                flight.familiarity.append(row.unfamiliar)
             if self.cams is not None:
                 image, activation = outcome.extra, outcome.output.activation
                 if self.explain == "all":
@@ -159,6 +173,8 @@ class CaseScorer:
         if case_score(flight.probabilities, self.aggregate, self.top_k) >= self.threshold:
             for kept in flight.top:
                 self.cams.add(kept)
+        elif flight.unfamiliar and flight.top:
+            self.cams.show(flight.top[0])  # shown as it is: a heat map explains a score not trusted
 
     def _row(self, outcome: Outcome[Job]) -> Row:
         job = outcome.item
@@ -171,11 +187,15 @@ class CaseScorer:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
-        scored: Scored = outcome.output
+        scored: Scored = outcome.output  # from either engine: the network's output, of the pass that decided
+        probability = float(self.model.calibrate(scored.probability))
         image: ScanImage = outcome.extra
-        return Row(item.relpath, "ok", sha256=image.sha256, probability=scored.probability,
-                   flagged=scored.probability >= self.threshold, width=image.width, height=image.height,
-                   format=image.format, precision=scored.precision, **fields)
+        distance = scored.ood_distance
+        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability,
+                   raw_probability=scored.probability, flagged=probability >= self.threshold,
+                   width=image.width, height=image.height, format=image.format, ood_distance=distance,
+                   unfamiliar=None if distance is None else distance > 1.0, precision=scored.precision,
+                   **fields)
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,

@@ -31,19 +31,22 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
                   threshold: float) -> dict[str, Any]:
     """What must match for a previous run's rows to be reused.
 
-    Besides the model and the options that decide a row, the batch size, the
-    device (the last float bits of a probability depend on both), the precision
+    Besides the model (its network and its calibration map: a new map is a new
+    model) and the options that decide a row, the batch size, the device (the
+    last float bits of a probability depend on both), the precision
     the forward pass ran in (bf16 rows are not fp32 rows) and its safety net's
     margin (which rows fp32 decides), and the versions of
     the libraries that decode and score: a carried-over row must equal the one
     a fresh scan would give.
     """
     versions = library_versions()
-    return {"model_sha256": model.summary.sha256, "threshold": threshold, "explain": options.explain,
+    return {"model_sha256": model.summary.sha256, "calibration_sha256": model.summary.calibration_sha256,
+            "threshold": threshold, "explain": options.explain,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
             "batch_size": options.batch_size, "device": model.summary.device,
             "precision": model.summary.precision, "margin": model.summary.margin,
             "group_by": options.group_by,
+            "familiarity": model.card.familiarity.sha256 if model.familiarity is not None else None,
             "aggregate": options.aggregate, "top_k": options.top_k, "modalities": list(options.modalities),
             "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
 
@@ -51,14 +54,16 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
 # The type each state field must have (besides None where the field allows it).
 _ROW_TYPES: dict[str, type] = {
     "path": str, "status": str, "sha256": str, "reason": str, "probability": float, "flagged": bool,
+    "raw_probability": float,
     "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
-    "copy_of": str, "heatmap_note": str, "precision": str,
+    "copy_of": str, "heatmap_note": str, "ood_distance": float, "unfamiliar": bool, "precision": str,
 }
 _ROW_NAMES = frozenset(f.name for f in dataclasses.fields(Row))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
 _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
+                           "ood_distance", "unfamiliar", "raw_probability",
                            "precision"})
 
 
@@ -74,6 +79,8 @@ def _check_row(row: Any, heatmap_folder: str) -> Row:
         raise ValueError(f"bad row of {checked.path!r}")
     if checked.ok and not (checked.probability is not None and 0.0 <= checked.probability <= 1.0):
         raise ValueError(f"bad probability in the row of {checked.path!r}")
+    if checked.raw_probability is not None and not 0.0 <= checked.raw_probability <= 1.0:
+        raise ValueError(f"bad raw probability in the row of {checked.path!r}")
     for name in (checked.heatmap, checked.original):
         if name is not None and not _in_folder(name, heatmap_folder):
             raise ValueError(f"heat map {name!r} is outside {heatmap_folder}")

@@ -48,7 +48,14 @@ def case_verdict(case: Case, rows: Sequence[Row], threshold: float, aggregate: s
         top_slice_index=top.slice_index if top else None, study_uid=case.study_uid,
         series_uid=case.series_uid, description=case.description, modality=case.modality,
         sort_method=case.sort_method, localizer=case.localizer, status=case.status, reason=case.reason,
-        top=tuple(scored[:top_k]), new=any(row.new for row in rows))
+        top=tuple(scored[:top_k]), new=any(row.new for row in rows), unfamiliar=_unfamiliar(scored),
+        study=case.study)
+
+
+def _unfamiliar(scored: Sequence[Row]) -> bool | None:
+    """Most of a case's scored slices are unfamiliar; None when none was checked."""
+    checked = [row.unfamiliar for row in scored if row.unfamiliar is not None]
+    return 2 * sum(checked) > len(checked) if checked else None
 
 
 def merge_copies(summaries: Sequence[CaseSummary],
@@ -80,7 +87,7 @@ def study_summaries(summaries: Sequence[CaseSummary], threshold: float) -> tuple
     for uid, cases in members.items():
         score = study_score((case, case.score) for case in cases)
         studies.append(StudySummary(uid, score, score is not None and score >= threshold,
-                                    tuple(case.case_id for case in cases)))
+                                    tuple(case.case_id for case in cases), cases[0].study))
     return tuple(studies)
 
 

@@ -24,6 +24,7 @@ class TrainConfig:
     dropout: float = settings.DROPOUT
     threshold: float = settings.THRESHOLD
     target_sensitivity: float | None = None
+    confidence: float = settings.CONFIDENCE  # that the target sensitivity holds
     folds: int | None = None
     split: str = settings.SPLITS[0]  # "grouped" (copies kept on one side) or "keras" (the thesis's split)
     positive: str = settings.POSITIVE_CLASS
@@ -40,6 +41,7 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate", "positive"),
             (self.target_sensitivity is None or 0 < self.target_sensitivity <= 1,
              "target_sensitivity", "in (0, 1]"),
+            (0 < self.confidence < 1, "confidence", "in (0, 1)"),
             (self.folds is None or self.folds >= 2, "folds", "at least 2"),
             (0 <= self.dropout < 1, "dropout", "in [0, 1)"),
             (self.l2 >= 0, "l2", ">= 0"),

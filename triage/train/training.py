@@ -22,16 +22,21 @@ import numpy as np
 from triage import __version__
 from triage.errors import UsageError
 from triage.hooks import RunHooks
+from triage.labelled.calibration import before_and_after
 from triage.labelled.dataset import LabelledSet, index_labelled, split
-from triage.labelled.metrics import binary_metrics
+from triage.labelled.metrics import binary_metrics, wilson
+from triage.model.calibration import CALIBRATION_FILE, write_calibration
 from triage.model.card import (
     CURVES_FILE,
     MODEL_FILE,
     RANDOM_WARNING,
+    RELIABILITY_FILE,
     Backbone,
+    Calibration,
     ClassCounts,
     ClassNames,
     CrossValidation,
+    FamiliarityCheck,
     FeatureStats,
     Hyperparameters,
     ModelCard,
@@ -42,6 +47,7 @@ from triage.model.card import (
     models_root,
     write_card,
 )
+from triage.model.familiarity import FAMILIARITY_FILE, METHOD, Familiarity
 from triage.model.network import (
     CAM_LAYER,
     BackboneWeights,
@@ -54,7 +60,7 @@ from triage.train.config import TrainConfig
 from triage.train.features import FeatureCache, Features, cache_key, default_cache_dir, extract_features
 from triage.train.head import fit_head, predict_head
 from triage.train.splits import SplitRows, copies_record, split_rows
-from triage.train.validation import Threshold, choose_threshold, cross_validate, subset
+from triage.train.validation import Threshold, check_targets, cross_validate, decide, subset
 
 log = logging.getLogger(__name__)
 
@@ -129,45 +135,72 @@ def train_model(data_dir: Path, out_dir: Path | None = None, config: TrainConfig
         log.warning("skipped %s: %s (%s)", labelled.files[i].relpath, reason, status)
     rows = split_rows(labelled, extracted, config.split, config.val_split, config.seed)
     head, history, metrics = _fit_and_measure(extracted, rows, config, hooks.on_epoch, hooks.should_stop)
+    familiarity, index_bytes = _familiarity(extracted, rows)
     card = _build_card(out_dir.name, started, config, weights, labelled, extracted, rows, history,
-                       metrics, cache)
-    _write_model_folder(out_dir, assemble(extractor, head), card)
+                       metrics, cache, familiarity)
+    _write_model_folder(out_dir, assemble(extractor, head), card, index_bytes, metrics.reliability)
     return TrainResult(out_dir, card)
+
+
+def _familiarity(extracted: Features, rows: SplitRows) -> tuple[FamiliarityCheck, bytes]:
+    """The familiarity index of the training part, and how many validation images it calls unfamiliar."""
+    x, stats = extracted.vectors, extracted.statistics
+    groups = np.asarray(rows.copies.group_of)
+    index = Familiarity.fit(x[rows.train], stats[rows.train], groups[rows.train])
+    unfamiliar = int((index.distances(x[rows.val], stats[rows.val]) > 1).sum()) if len(rows.val) else 0
+    data = index.to_bytes()
+    record = FamiliarityCheck(
+        method=METHOD, neighbours=index.neighbours, quantile=index.quantile,
+        feature_threshold=index.feature_threshold, statistics_threshold=index.statistics_threshold,
+        combined_threshold=index.combined_threshold, n_images=index.n_images, n_entries=len(index.entries),
+        file=FAMILIARITY_FILE, sha256=hashlib.sha256(data).hexdigest(),
+        validation=wilson(unfamiliar, len(rows.val)))
+    return record, data
 
 
 @dataclass(frozen=True)
 class Measured:
-    """What training measured: the threshold and the metrics the card reports."""
+    """What training measured: the threshold, the calibration and the metrics the card reports."""
 
     threshold: Threshold
+    calibration: Calibration
     validation: dict[str, Any]
     validation_clean: dict[str, Any] | None
     cross_validation: CrossValidation | None
+    reliability: tuple[np.ndarray, np.ndarray, np.ndarray]  # validation labels, raw, calibrated
 
 
 def _fit_and_measure(extracted: Features, rows: SplitRows, config: TrainConfig,
                      on_epoch: Callable[[int, dict[str, float]], None] | None,
                      should_stop: Callable[[], bool]) -> tuple[Any, dict[str, list[float]], Measured]:
-    """Fit the head on the training rows, choose the threshold there, measure on validation."""
+    """Fit the head on the training rows, decide the map and threshold there, measure on validation."""
     x, y = extracted.vectors, rows.labels
+    check_targets(y, rows.copies, rows.train, config)  # before anything is fitted
     head, history = fit_head(x[rows.train], y[rows.train], config, (x[rows.val], y[rows.val]), on_epoch,
                              should_stop)
-    threshold = choose_threshold(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
-    probability = np.zeros(len(y))
-    probability[rows.val] = predict_head(head, x[rows.val])
+    decision = decide(x[rows.train], y[rows.train], subset(rows.copies, rows.train), config)
+    raw = np.zeros(len(y))
+    raw[rows.val] = predict_head(head, x[rows.val])
+    probability = decision.calibrate(raw)
 
     def measure(subset_rows: np.ndarray) -> dict[str, Any]:
-        return binary_metrics(y[subset_rows], probability[subset_rows], threshold.value, seed=config.seed)
+        return binary_metrics(y[subset_rows], probability[subset_rows], decision.threshold.value,
+                              seed=config.seed)
 
+    calibration = Calibration(
+        fitted=decision.calibration, raw_threshold=decision.threshold.raw, note=decision.note,
+        file=CALIBRATION_FILE if decision.calibration else None,
+        validation=before_and_after(y[rows.val], raw[rows.val], probability[rows.val], seed=config.seed))
     clean = measure(rows.val_without_copy) if config.split == "keras" else None
     folds = cross_validate(x, y, rows.copies, config) if config.folds else None
-    return head, history, Measured(threshold, measure(rows.val), clean, folds)
+    return head, history, Measured(decision.threshold, calibration, measure(rows.val), clean, folds,
+                                   (y[rows.val], raw[rows.val], probability[rows.val]))
 
 
 def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weights: BackboneWeights,
                 labelled: LabelledSet, extracted: Features, rows: SplitRows,
                 history: dict[str, list[float]], measured: Measured,
-                cache: FeatureCache | None) -> ModelCard:
+                cache: FeatureCache | None, familiarity: FamiliarityCheck) -> ModelCard:
     return ModelCard(
         model_id=model_id,
         tool_version=__version__,
@@ -181,6 +214,8 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         threshold_rule=measured.threshold.rule,
         threshold_source=measured.threshold.source,
         target_sensitivity=config.target_sensitivity,
+        certificate=measured.threshold.certificate,
+        calibration=measured.calibration,
         data=_training_data(labelled, extracted, rows),
         split=Split(method=config.split, val_split=config.val_split, seed=config.seed,
                     train=_class_counts(rows.labels[rows.train]),
@@ -201,6 +236,7 @@ def _build_card(model_id: str, started: dt.datetime, config: TrainConfig, weight
         features=FeatureStats(extracted=len(extracted.indices) - extracted.from_cache,
                               from_cache=extracted.from_cache,
                               cache=str(cache.path) if cache else None, precision=config.precision),
+        familiarity=familiarity,
     )
 
 
@@ -219,15 +255,24 @@ def _training_data(labelled: LabelledSet, extracted: Features, rows: SplitRows) 
     )
 
 
-def _write_model_folder(out_dir: Path, model: Any, card: ModelCard) -> None:
-    """model.keras, training curves and the card into a temporary folder, renamed into place."""
-    from triage.report.charts import training_curves
+def _write_model_folder(out_dir: Path, model: Any, card: ModelCard, familiarity: bytes,
+                        reliability: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """model.keras, its calibration map, the familiarity index, the curves, the reliability diagram
+    and the card into a temporary folder, renamed into place."""
+    from triage.report.charts import reliability_diagram, training_curves
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save(staging / MODEL_FILE)
+        if card.calibration and card.calibration.fitted:
+            write_calibration(card.calibration.fitted, staging)
+        (staging / FAMILIARITY_FILE).write_bytes(familiarity)
         training_curves(card.history, staging / CURVES_FILE, title=out_dir.name)
+        if card.calibration:
+            reliability_diagram(*reliability, staging / RELIABILITY_FILE,
+                                measured=card.calibration.validation,
+                                title=f"Calibration on the validation set ({out_dir.name})")
         write_card(card, staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked before training
