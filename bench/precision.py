@@ -254,7 +254,7 @@ def main() -> int:
     folder, facts = parity_model(data, args.image_size, args.batch_size)
     if args.write_reference:
         write_reference(folder, facts, args.image_size, args.batch_size, args.write_reference)
-    run_process(["calibrate", str(data), "--model", str(folder), "--device", "cpu",
+    run_process(["precisions", str(data), "--model", str(folder), "--device", "cpu",
                  "--batch-size", str(args.batch_size)])
     card = read_card(folder)
     configs = configurations(runs_here(card), folder, without_net(folder))
@@ -269,7 +269,7 @@ def report(card: Any, configs: list, found: dict, times: dict, args: argparse.Na
     print()
     print(C.table([[p.precision, str(p.n), f"{p.median_dp:.4f}", f"{p.max_dp:.4f}", f"{p.max_dz:.3f}",
                     str(p.flips), f"{p.margin:.3f}"] for p in card.fast_paths],
-                  ["calibrate", "n", "median |dp|", "max |dp|", "max |dz|", "flips", "margin (logit)"]))
+                  ["measured", "n", "median |dp|", "max |dp|", "max |dz|", "flips", "margin (logit)"]))
     n = args.large - args.small
     rows, verdicts = [], []
     for label, precision, _ in configs:

@@ -1,4 +1,5 @@
-"""Reduced precisions with the fp32 safety net: calibrate, fp32's decisions, the precision column, int8.
+"""Reduced precisions with the fp32 safety net: triage precisions, fp32's decisions, the precision
+column, int8.
 
 The model is the session's test model with its logit layer rescaled so its logits spread
 (median 0, std 2) over the blob images: the random backbone alone gives probabilities
@@ -54,7 +55,7 @@ def calibrated(trained_model: Path, blob_dataset: Path, tmp_path_factory: pytest
     model.save(folder / "model.keras")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(triage.model.network, "cpu_has_bf16", lambda cpuinfo=None: True)
-        result = CliRunner().invoke(main, ["calibrate", str(blob_dataset), "--model", str(folder),
+        result = CliRunner().invoke(main, ["precisions", str(blob_dataset), "--model", str(folder),
                                            "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     return folder
@@ -85,7 +86,7 @@ def _clear(folder: Path, raw: float, threshold: float, margin: float) -> bool:
 
 
 @pytest.mark.slow
-def test_calibrate_records_each_precision_against_fp32(calibrated: Path) -> None:
+def test_precisions_records_each_one_against_fp32(calibrated: Path) -> None:
     card = read_card(calibrated)
     bf16 = card.fast_path("bf16")
     assert bf16 is not None and bf16.n == len(card.split.validation_files) > 0
@@ -100,7 +101,7 @@ def test_a_reduced_precision_without_a_measured_margin_is_refused(trained_model:
                                        "--out", str(tmp_path / "r.html"), "--device", "cpu",
                                        "--precision", "bf16", "--quiet"])
     assert result.exit_code == EXIT_USAGE, result.output
-    assert "no measured bf16 margin" in result.output and "triage calibrate" in result.output
+    assert "no measured bf16 margin" in result.output and "triage precisions" in result.output
 
 
 def _threshold_on_a_row(calibrated: Path, blob_dataset: Path, tmp_path: Path) -> float:
@@ -168,7 +169,7 @@ def test_auto_is_the_cheapest_native_precision_with_a_margin(monkeypatch: pytest
     assert triage.model.network.choose_precision("auto", False, None) == "fp32"  # training: no net
 
 
-def test_calibrate_measures_what_auto_compares() -> None:
+def test_precisions_measures_what_auto_compares() -> None:
     from triage.train.fast_paths import measure
 
     exact = np.array([0.1, 0.45, 0.5, 0.52, 0.9])

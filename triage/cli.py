@@ -253,9 +253,9 @@ precision_option = choice(
     "--precision", settings.PRECISIONS,
     "fp32 exact; bf16 mixed bfloat16 (GPU, or a CPU with native bfloat16); fp16 mixed float16 (GPU "
     "only); int8 OpenVINO (CPU, pip install 'triage[openvino]'). A reduced precision needs `triage "
-    "calibrate` first; rows near the threshold are scored again in fp32. auto: the precision this "
-    "machine runs natively that calibrate measured fastest, re-scoring counted, else fp32 (train: fp16 "
-    "on a GPU).")
+    "precisions` first; rows near the threshold are scored again in fp32. auto: the precision this "
+    "machine runs natively that `triage precisions` measured fastest, re-scoring counted, else fp32 "
+    "(train: fp16 on a GPU).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -490,7 +490,7 @@ def evaluate(data_dir: Path, out: Path | None, quiet: bool, log_file: Path | Non
 @device_option
 @runtime_options(settings.SCAN_BATCH_SIZE)
 @handle_errors
-def calibrate(data_dir: Path, quiet: bool, log_file: Path | None, verbose: bool,
+def precisions(data_dir: Path, quiet: bool, log_file: Path | None, verbose: bool,
               **settings_: Any) -> int:
     """Measure the model's reduced precisions against fp32 on DATA_DIR (the folder it was trained on).
 
@@ -501,23 +501,23 @@ def calibrate(data_dir: Path, quiet: bool, log_file: Path | None, verbose: bool,
 
     \b
     Example:
-      triage calibrate ./brain_tumor_dataset --model models/vgg19-20261125-101500-ab12cd
+      triage precisions ./brain_tumor_dataset --model models/vgg19-20261125-101500-ab12cd
     """
-    run = CommandRun(quiet, log_file, verbose, data_dir, desc="calibrate")
-    from triage.train.fast_paths import calibrate as calibrate_model
+    run = CommandRun(quiet, log_file, verbose, data_dir, desc="precisions")
+    from triage.train.fast_paths import measure_precisions
 
-    card = calibrate_model(data_dir, **settings_)
-    run.summary(_calibration_summary(data_dir, card, run.seconds()))
+    card = measure_precisions(data_dir, **settings_)
+    run.summary(_precisions_summary(data_dir, card, run.seconds()))
     return EXIT_OK
 
 
-def _calibration_summary(data_dir: Path, card: Any, seconds: float) -> str:
+def _precisions_summary(data_dir: Path, card: Any, seconds: float) -> str:
     measured = "; ".join(
         f"{p.precision}: max |dp| {p.max_dp:.4f} (median {p.median_dp:.4f}), {p.flips} of {p.n} decisions "
         f"would flip, fp32 within logit margin {p.margin:.3f} ({p.near_share:.0%} of them), "
         f"{p.speedup:.2f}x fp32's speed, {p.cost:.2f} of its time with the re-scoring"
         for p in card.fast_paths)
-    return (f"triage calibrate {data_dir}: model {card.model_id}; "
+    return (f"triage precisions {data_dir}: model {card.model_id}; "
             f"{measured or 'no reduced precision runs on this machine'}; {seconds:.1f} s")
 
 

@@ -41,7 +41,7 @@ MAX_REPORT_CASES = 200
 MODALITIES = ("MR",)  # DICOM modalities scored by default
 WORKERS = 1
 
-# The fp32 safety net of the reduced precisions (triage calibrate, engine.safety): a row is
+# The fp32 safety net of the reduced precisions (triage precisions, engine.safety): a row is
 # scored again in fp32 when its fast logit lies within SAFETY_FACTOR x the largest logit
 # difference measured on the validation part. The largest of n (~50) differences lies about
 # 2.3 standard deviations out; twice it is over 4.5, where fewer than 1 in 100,000 lie.

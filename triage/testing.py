@@ -242,7 +242,7 @@ def copy_model(source: Path, dest: Path, **card_changes: object) -> Path:
 
 
 def with_margin(folder: Path, precision: str, margin: float = 0.05) -> Path:
-    """Write a measured margin for ``precision`` into a model folder's card, as ``triage calibrate``
+    """Write a measured margin for ``precision`` into a model folder's card, as ``triage precisions``
     would (for tests of a reduced precision that are not about the margin itself)."""
     import dataclasses
 

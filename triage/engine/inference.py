@@ -162,7 +162,7 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
 def auto_reason(measured: dict[str, float]) -> str:
     """Why ``auto`` kept fp32: nothing measured, or nothing measured runs faster here."""
     if not measured:
-        return "no faster precision measured for this model (triage calibrate)"
+        return "no faster precision measured for this model (triage precisions)"
     return "no measured precision is faster than fp32 here, with its fp32 re-scoring"
 
 

@@ -2,7 +2,7 @@
 
 A bf16, fp16 or int8 forward pass moves a probability a little. Where that little can
 cross the threshold (the fast logit within the card's measured ``margin`` of the
-threshold's logit, see ``triage calibrate``), the row is scored again by the fp32
+threshold's logit, see ``triage precisions``), the row is scored again by the fp32
 network, and the fp32 pass decides it: its probability, its activations (so its heat
 map) and its ``precision`` column. Every other row keeps the fast pass's results. So
 a run's decisions are fp32's, at the fast precision's speed for all but the rows near

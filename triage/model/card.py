@@ -184,7 +184,7 @@ class TrainingImages:
 
 @dataclass(frozen=True)
 class FastPath:
-    """A reduced precision measured against fp32 on the validation part (``triage calibrate``).
+    """A reduced precision measured against fp32 on the validation part (``triage precisions``).
 
     The differences are of the probability (``dp``) and of the logit (``dz``), the latter
     being what the safety net's ``margin`` is made of: a row whose fast logit lies within
@@ -267,7 +267,7 @@ class ModelCard:
     copies: Copies | None = None
     validation_metrics_clean: dict[str, Any] | None = None  # keras split: validation without copies
     training_images: TrainingImages = field(default_factory=TrainingImages)
-    fast_paths: tuple[FastPath, ...] = ()  # reduced precisions measured against fp32 (triage calibrate)
+    fast_paths: tuple[FastPath, ...] = ()  # reduced precisions measured against fp32 (triage precisions)
     preprocessing: str = ("decode as RGB, resize bilinear (no antialias, aspect not kept), "
                           "vgg19 caffe preprocess_input inside the model")
     model_file: str = MODEL_FILE

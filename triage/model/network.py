@@ -346,7 +346,7 @@ def choose_precision(requested: str, on_gpu: bool, measured: Mapping[str, float]
     """The precision a run uses: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
 
     A scan or an evaluation (``measured`` given: the reduced precisions whose margin the
-    model card holds, see ``triage calibrate``, each with its measured cost, a share of
+    model card holds, see ``triage precisions``, each with its measured cost, a share of
     fp32's time counting the images its safety net scores again) runs a reduced precision
     only with that net, so ``auto`` is the cheapest precision this machine runs natively
     among those measured, if it is cheaper than fp32, else fp32. Training's feature
@@ -368,7 +368,7 @@ def choose_precision(requested: str, on_gpu: bool, measured: Mapping[str, float]
     _check_runs_here(requested, on_gpu, training=measured is None)
     if requested != "fp32" and measured is not None and requested not in measured:
         raise UsageError(f"The model card holds no measured {requested} margin, without which {requested} "
-                         f"could change decisions: run triage calibrate on the model first.",
+                         f"could change decisions: run triage precisions on the model first.",
                          option="precision")
     return requested
 

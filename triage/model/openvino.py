@@ -125,8 +125,8 @@ def compile_int8(folder: Path, files: dict[str, str]) -> Any:
     for name, digest in files.items():
         path = folder / name
         if not path.is_file():
-            raise ModelError(f"The int8 network file {path} is missing: run triage calibrate again.")
+            raise ModelError(f"The int8 network file {path} is missing: run triage precisions again.")
         if sha256_file(path) != digest:
             raise ModelError(f"The int8 network file {path} is not the one the model card names "
-                             f"(sha256 differs): run triage calibrate again.")
+                             f"(sha256 differs): run triage precisions again.")
     return ov.Core().compile_model(folder / INT8_XML, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

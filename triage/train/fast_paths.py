@@ -1,4 +1,4 @@
-"""``triage calibrate``: the reduced precisions of a trained model, measured against fp32.
+"""``triage precisions``: the reduced precisions of a trained model, measured against fp32.
 
 For each reduced precision this machine runs (bf16 where the CPU has it natively or on a
 GPU, fp16 on a GPU, int8 where OpenVINO is installed), the validation part of the
@@ -43,8 +43,9 @@ from triage.model.openvino import openvino_available, quantise, save_int8, to_op
 log = logging.getLogger(__name__)
 
 
-def calibrate(data_dir: Path, model: str | Path | None = None, *, positive: str = settings.POSITIVE_CLASS,
-              batch_size: int = settings.SCAN_BATCH_SIZE, device: str = "auto") -> ModelCard:
+def measure_precisions(data_dir: Path, model: str | Path | None = None, *,
+                       positive: str = settings.POSITIVE_CLASS, batch_size: int = settings.SCAN_BATCH_SIZE,
+                       device: str = "auto") -> ModelCard:
     """Measure every reduced precision this machine runs against fp32, and record them in the card.
 
     Raises:
