@@ -95,18 +95,19 @@ def plan_seconds(folder: Path) -> tuple[float, int]:
 def series_per_slice(folder: Path, image_size: int) -> tuple[float, float]:
     """(seconds per slice to plan and decode every slice, pickled bytes per slice)."""
     from triage.inputs.discovery import discover
+    from triage.scan.jobs import SliceDecoder, jobs_of
     from triage.scan.plan import plan_scan
-    from triage.scan.scorer import SliceDecoder
 
     start = C.now()
     plan = plan_scan(list(discover(folder)), {}, folder.parent)
     [case] = plan.to_score
-    decoder = SliceDecoder({case.case_id: case}, image_size, display=False)
-    for slice_ in case.slices:
-        decoder(slice_)
+    decoder = SliceDecoder(image_size, display=False, cases={case.case_id: case})
+    jobs = jobs_of(case)
+    for job in jobs:
+        decoder(job)
     seconds = C.now() - start
-    sent = sum(len(pickle.dumps(slice_)) for slice_ in case.slices)
-    return seconds / len(case.slices), sent / len(case.slices)
+    sent = sum(len(pickle.dumps(job)) for job in jobs)
+    return seconds / len(jobs), sent / len(jobs)
 
 
 def main() -> int:

@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""bf16 over fp32 on this CPU: scan and feature-extraction throughput, and parity on the shared set.
+"""Reduced precisions against fp32 on this CPU: scan throughput, and decisions with the safety net.
 
-Throughput: ``python -m triage scan DIR --precision P --full --quiet --device cpu`` as a
-whole process (import, model load, decode, forward pass, Grad-CAM of the flagged scans,
-overlays, CSV, HTML) on a small and a large folder of the shared set's images; and
-``python -m triage train DIR --precision P --no-cache --epochs 1`` the same way (its time
-is the frozen backbone's feature extraction, the head's one epoch is negligible).
-Whole-process images/s are on the large folder; marginal images/s are
-(n_large - n_small) / (t_large - t_small), so start-up cancels. fp32 and bf16 alternate,
-same images, in this one run; --repeats N takes medians.
+For each precision this CPU runs (fp32; bf16 with native bfloat16; int8 where the
+openvino extra is installed): ``python -m triage scan DIR --precision P --full --quiet
+--device cpu`` as a whole process (import, model load, decode, forward pass, the fp32
+safety net's re-scoring, Grad-CAM of the flagged scans, overlays, CSV, HTML) on a small
+and a large folder of the shared set's images; marginal images/s are
+(n_large - n_small) / (t_large - t_small), so start-up cancels. The precisions alternate,
+same images, in this one run; --repeats N takes medians. Each reduced precision is also
+timed without its net (a copy of the model whose card says margin 0): what the net costs.
 
-Parity: the parity model of ``bench/_reference.py`` (VGG19 with seeded He-normal weights,
-logit layer rescaled on the first 64 images of the shared set so that its logits have
-median 0 and std 2, so probabilities spread over (0, 1)), every image of the shared set
-decoded as triage decodes it, batches of --batch-size padded as a scan pads them:
-max and median |p_bf16 - p_fp32|, decisions that flip at threshold 0.5, and the Pearson
-correlation of each image's Grad-CAM maps. The scan throughput uses this model too (about
-half the scans flagged, so Grad-CAM runs on them). --write-reference also writes
-``bench/gpu_reference.json`` for ``bench/gpu_check.sh``.
+Decisions: a scan of every image of the shared set in each precision, with and without
+the net, its flags compared with fp32's at threshold 0.5: decisions that differ (goal 0
+with the net) and the share of images the net scored again in fp32.
 
-Target: bf16/fp32 scan throughput >= 1.8 at image size 256 (whole process and marginal).
+The model is the parity model of ``bench/_reference.py`` (VGG19 with seeded He-normal
+weights, logit layer rescaled on the first 64 images of the shared set so that its logits
+have median 0 and std 2, so probabilities spread over (0, 1) and about half are flagged).
+Its card names every fifth image of the shared set as its validation part, and ``triage
+precisions`` measures each precision's margin there (int8 calibrated on the other images).
+--write-reference also writes ``bench/gpu_reference.json`` for ``bench/gpu_check.sh``.
+
+Targets (image size 256): bf16/fp32 >= 1.8 where bf16 is native; int8/fp32 >= 2.5 on a CPU
+with AVX-512 VNNI or AMX; 0 decisions different from fp32's with the net, everywhere.
 """
 
 from __future__ import annotations
@@ -33,27 +36,49 @@ from typing import Any
 import _common as C  # before TensorFlow or triage: TF log level, private feature cache
 import _reference as R
 
-TARGET = 1.8
+TARGETS = {"bf16": 1.8, "int8": 2.5}
 THRESHOLD = 0.5
 SPREAD_IMAGES = 64
 REFERENCE_IMAGES = 64
+VALIDATION_EVERY = 5  # every fifth image of the shared set is the parity model's validation part
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def parity_model(data: Path, image_size: int, batch_size: int) -> tuple[Path, dict]:
-    """A model folder holding the parity model (the card of a throw-away triage model)."""
-    from triage.model.card import MODEL_FILE
+    """A model folder holding the parity model (the card of a throw-away triage model), its card's
+    validation part every fifth image of the shared set."""
+    import dataclasses
+
+    from triage.model.card import MODEL_FILE, read_card, write_card
     from triage.train.training import TrainConfig, train_model
 
     folder = C.scratch("model") / "parity"
     train_model(C.labelled_subset(data, 10), folder, TrainConfig(
-        epochs=1, image_size=image_size, backbone_weights="random", cache=False, precision="bf16",
-        val_split=0.5))
+        epochs=1, image_size=image_size, backbone_weights="random", cache=False, val_split=0.5))
     spread = C.decode_for_model(C.dataset_images(data, SPREAD_IMAGES), image_size)
     logit = R.spread_logit(R.build(image_size), spread, batch_size)
     model = R.build(image_size, logit)
     model.save(folder / MODEL_FILE)
+    card = read_card(folder)
+    validation = tuple(p.relative_to(data).as_posix() for p in C.dataset_images(data)[::VALIDATION_EVERY])
+    write_card(dataclasses.replace(card, split=dataclasses.replace(card.split, validation_files=validation),
+                                   threshold=THRESHOLD), folder)
     return folder, {"logit_kernel": logit[0].ravel().tolist(), "logit_bias": logit[1].tolist(),
                     "weights_sha256": R.weights_sha256(model)}
+
+
+def without_net(folder: Path) -> Path:
+    """A copy of the model folder whose card gives every reduced precision margin 0: no safety net."""
+    import dataclasses
+
+    from triage.model.card import read_card, write_card
+
+    copy = C.scratch("model") / "no-net"
+    shutil.copytree(folder, copy, dirs_exist_ok=True)
+    card = read_card(copy)
+    write_card(dataclasses.replace(card, fast_paths=tuple(dataclasses.replace(p, margin=0.0)
+                                                          for p in card.fast_paths)), copy)
+    return copy
 
 
 def score(loaded: Any, images: Any, batch_size: int) -> tuple[Any, Any]:
@@ -70,31 +95,6 @@ def score(loaded: Any, images: Any, batch_size: int) -> tuple[Any, Any]:
         probabilities.append(p[:n])
         maps.append(loaded.gradcam.heatmaps(activations)[:n])
     return np.concatenate(probabilities), np.concatenate(maps)
-
-
-def parity(folder: Path, paths: list[Path], image_size: int, batch_size: int) -> dict:
-    import numpy as np
-
-    from triage.engine.inference import load_for_inference
-
-    images = C.decode_for_model(paths, image_size)
-    result = {}
-    for precision in ("fp32", "bf16"):
-        loaded = load_for_inference(folder, "cpu", precision=precision)
-        start = C.now()
-        p, maps = score(loaded, images, batch_size)
-        seconds = C.now() - start
-        result[precision] = (p, maps, seconds)
-        print(f"  parity {precision}: {len(paths)} images in {C.fmt_s(seconds)}", file=sys.stderr, flush=True)
-    (p32, m32, _), (p16, m16, _) = result["fp32"], result["bf16"]
-    difference = np.abs(p16 - p32)
-    flipped = [paths[i].name for i in np.flatnonzero((p32 >= THRESHOLD) != (p16 >= THRESHOLD))]
-    both = [i for i in range(len(paths)) if m32[i].std() > 0 and m16[i].std() > 0]
-    correlation = np.array([np.corrcoef(m32[i].ravel(), m16[i].ravel())[0, 1] for i in both])
-    return {"n": len(paths), "p32": p32, "max": difference.max(), "median": np.median(difference),
-            "flipped": flipped, "near": int((np.abs(p32 - THRESHOLD) < difference.max()).sum()),
-            "cam_n": len(both), "cam_median": np.median(correlation), "cam_min": correlation.min(),
-            "cam_p05": np.percentile(correlation, 5)}
 
 
 def write_reference(folder: Path, facts: dict, image_size: int, batch_size: int, path: Path) -> None:
@@ -126,29 +126,102 @@ def run_process(args: list[str]) -> float:
     return run.seconds
 
 
-def throughput(folder: Path, data: Path, args: argparse.Namespace) -> dict:
-    """Seconds of the whole scan and train processes, per precision and folder size (medians)."""
+def scan(folder: Path, model: Path, precision: str, batch_size: int) -> tuple[float, dict[str, dict]]:
+    """Seconds of a whole scan process, and its rows by path."""
+    from triage.results.tables import read_csv
+
+    out = C.scratch("report")
+    seconds = run_process(["scan", str(folder), "--out", str(out / "report.html"), "--model", str(model),
+                           "--precision", precision, "--device", "cpu", "--full",
+                           "--threshold", str(THRESHOLD), "--batch-size", str(batch_size)])
+    rows = {row["path"]: row for row in read_csv(out / "report.csv") if row["status"] == "ok"}
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, rows
+
+
+def runs_here(card: Any) -> list[str]:
+    """fp32 and each reduced precision the card measured that this CPU runs."""
+    from triage.model.network import cpu_has_bf16
+
+    return ["fp32"] + [p.precision for p in card.fast_paths if p.precision != "bf16" or cpu_has_bf16()]
+
+
+def configurations(precisions: list[str], model: Path, bare: Path) -> list[tuple[str, str, Path]]:
+    """(label, precision, model folder): each precision with its net, each reduced one also without."""
+    found = [(p, p, model) for p in precisions]
+    return found + [(f"{p} without net", p, bare) for p in precisions if p != "fp32"]
+
+
+def throughput(configs: list[tuple[str, str, Path]], data: Path, args: argparse.Namespace) -> dict:
+    """Median seconds of whole scans per configuration and folder size, alternating."""
     sizes = {"small": args.small, "large": args.large}
-    scan_in = {k: C.copy_images(C.dataset_images(data, n), data, C.scratch(f"scan-{k}"))
+    folders = {k: C.copy_images(C.dataset_images(data, n), data, C.scratch(f"scan-{k}"))
                for k, n in sizes.items()}
-    train_in = {k: C.labelled_subset(data, n // 2) for k, n in sizes.items()}
-    times: dict[tuple[str, str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[float]] = {}
     for repeat in range(args.repeats):
         for size in ("small", "large"):
-            for precision in ("fp32", "bf16"):
-                out = C.scratch("report")
-                scan = ["scan", str(scan_in[size]), "--out", str(out / "report.html"), "--model", str(folder),
-                        "--precision", precision, "--device", "cpu", "--full", "--threshold", str(THRESHOLD),
-                        "--batch-size", str(args.batch_size)]
-                train = ["train", str(train_in[size]), "--out", str(C.scratch("model") / "m"),
-                         "--backbone-weights", "random", "--image-size", str(args.image_size),
-                         "--epochs", "1", "--no-cache", "--val-split", "0.5", "--precision", precision]
-                for kind, command in (("scan", scan), ("train", train)):
-                    seconds = run_process(command)
-                    times.setdefault((kind, size, precision), []).append(seconds)
-                    print(f"  repeat {repeat + 1}: {kind} {size} ({sizes[size]}) {precision} "
-                          f"{C.fmt_s(seconds)}", file=sys.stderr, flush=True)
+            for label, precision, model in configs:
+                seconds = scan(folders[size], model, precision, args.batch_size)[0]
+                times.setdefault((label, size), []).append(seconds)
+                print(f"  repeat {repeat + 1}: {size} ({sizes[size]}) {label} {C.fmt_s(seconds)}",
+                      file=sys.stderr, flush=True)
     return {key: C.median(values) for key, values in times.items()}
+
+
+def decisions(configs: list[tuple[str, str, Path]], data: Path, batch_size: int) -> dict[str, dict]:
+    """Every image of the shared set in each configuration: differences from fp32's flags, re-scored."""
+    rows = {label: scan(data, model, precision, batch_size)[1] for label, precision, model in configs}
+    exact = rows["fp32"]
+    found = {}
+    for label, precision, _ in configs:
+        mine = rows[label]
+        differ = sorted(path for path, row in mine.items() if row["flagged"] != exact[path]["flagged"])
+        rescored = sum(row["precision"] == "fp32" for row in mine.values()) if precision != "fp32" else 0
+        dp = [abs(float(row["probability"]) - float(exact[path]["probability"]))
+              for path, row in mine.items()]
+        found[label] = {"n": len(mine), "differ": differ, "rescored": rescored, "max_dp": max(dp)}
+        print(f"  decisions {label}: {len(differ)} differ, {rescored} re-scored", file=sys.stderr, flush=True)
+    return found
+
+
+def forward_rates(data: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Images/s of the forward pass alone (no decode, no Grad-CAM), in this process, of the parity
+    model in each precision this CPU runs, on one batch of the shared set's images; the precisions
+    alternate, median of ``repeats``. The int8 network is quantised on 32 images: its speed does
+    not depend on how well it is calibrated."""
+    from triage.engine.forward import ForwardPass
+    from triage.model.network import cpu_has_bf16, with_precision
+    from triage.model.openvino import openvino_available, quantise, to_openvino
+
+    model = R.build(image_size, R.spread_logit(R.build(image_size), C.decode_for_model(
+        C.dataset_images(data, SPREAD_IMAGES), image_size), batch_size))
+    batch = C.decode_for_model(C.dataset_images(data, batch_size), image_size)
+    runs: dict[str, Any] = {"fp32": ForwardPass(model).run}
+    if cpu_has_bf16():
+        runs["bf16"] = ForwardPass(with_precision(model, "bf16")).run
+    if openvino_available():
+        import openvino as ov
+
+        calibration = C.decode_for_model(C.dataset_images(data, 32), image_size)
+        quantised = quantise(to_openvino(model, "block5_conv4"), [calibration[i:i + batch_size]
+                                                                  for i in range(0, 32, batch_size)])
+        compiled = ov.Core().compile_model(quantised, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        runs["int8"] = lambda x: compiled(x)
+    for run in runs.values():
+        run(batch)  # tracing, compiling
+    seconds: dict[str, list[float]] = {p: [] for p in runs}
+    for _ in range(repeats):
+        for precision, run in runs.items():
+            seconds[precision].append(C.timed(lambda run=run: run(batch))[0])
+    return {p: batch_size / C.median(values) for p, values in seconds.items()}
+
+
+def cpu_line() -> str:
+    from triage.model.network import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    said = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+    return f"# CPU {cpu_model()}; flags: {said}"
 
 
 def main() -> int:
@@ -158,69 +231,69 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--small", type=int, default=16, help="images of the small folder")
     p.add_argument("--large", type=int, default=64, help="images of the large folder")
-    p.add_argument("--parity-images", type=int, default=None, help="images for parity [default: all]")
     p.add_argument("--write-reference", nargs="?", const=R.REFERENCE_FILE, type=Path, default=None,
                    metavar="FILE", help=f"also write the GPU check's reference [{R.REFERENCE_FILE.name}]")
-    p.add_argument("--skip-throughput", action="store_true", help="parity only")
+    p.add_argument("--skip-throughput", action="store_true", help="decisions only")
+    p.add_argument("--forward-only", action="store_true",
+                   help="only the forward pass's images/s per precision, in this process (quick)")
     C.add_repeats(p, default=1)
     args = p.parse_args()
     data = C.check_data(args.data)
     C.quiet_tensorflow()
-    from triage.errors import UsageError
-    from triage.model.network import choose_precision
+    from triage.model.card import read_card
 
-    try:
-        choose_precision("bf16", on_gpu=False)
-    except UsageError as exc:
-        sys.exit(f"bench/precision.py needs a CPU with native bfloat16: {exc}")
-    paths = C.dataset_images(data, args.parity_images)
     print(C.environment_line(image_size=args.image_size, batch_size=args.batch_size, small=args.small,
-                             large=args.large, parity_images=len(paths), repeats=args.repeats))
-    print("# building the parity model ...", file=sys.stderr, flush=True)
+                             large=args.large, repeats=args.repeats))
+    print(cpu_line())
+    if args.forward_only:
+        rates = forward_rates(data, args.image_size, args.batch_size, args.repeats)
+        print(C.table([[p, f"{rate:.2f}", f"{rate / rates['fp32']:.2f}x"] for p, rate in rates.items()],
+                      ["forward pass alone", "images/s", "vs fp32"]))
+        return 0
+    print("# building and calibrating the parity model ...", file=sys.stderr, flush=True)
     folder, facts = parity_model(data, args.image_size, args.batch_size)
     if args.write_reference:
         write_reference(folder, facts, args.image_size, args.batch_size, args.write_reference)
-    found = parity(folder, paths, args.image_size, args.batch_size)
-    rows, ratios = [], []
-    if not args.skip_throughput:
-        t = throughput(folder, data, args)
-        for kind in ("scan", "train"):
-            for label, n, f32, b16 in (
-                    (f"whole process ({args.large} images)", args.large,
-                     t[kind, "large", "fp32"], t[kind, "large", "bf16"]),
-                    (f"marginal ({args.large} - {args.small} images)", args.large - args.small,
-                     t[kind, "large", "fp32"] - t[kind, "small", "fp32"],
-                     t[kind, "large", "bf16"] - t[kind, "small", "bf16"])):
-                ratio = f32 / b16
-                target = kind == "scan"
-                if target:
-                    ratios.append(ratio)
-                rows.append([f"{kind}: {label}", C.fmt_s(f32), C.fmt_s(b16), f"{n / f32:.2f}",
-                             f"{n / b16:.2f}", f"{ratio:.2f}",
-                             C.verdict(ratio >= TARGET) if target else "(reported)"])
-        print()
-        print(C.table(rows, ["measure", "fp32", "bf16", "fp32 img/s", "bf16 img/s", "bf16/fp32",
-                             f">= {TARGET}"]))
-    p32 = found["p32"]
-    print()
-    print(f"parity on {found['n']} images of {args.data.name}, threshold {THRESHOLD}: fp32 probabilities "
-          f"{p32.min():.3f}..{p32.max():.3f} (median {float(C.median(p32)):.3f}), "
-          f"{int((p32 >= THRESHOLD).sum())} flagged")
-    print(C.table([
-        ["max |p_bf16 - p_fp32|", f"{found['max']:.4f}"],
-        ["median |p_bf16 - p_fp32|", f"{found['median']:.5f}"],
-        ["decisions flipped at the threshold", f"{len(found['flipped'])} of {found['n']}"
-         + (f" ({', '.join(found['flipped'])})" if found["flipped"] else "")],
-        ["fp32 probabilities within max |dp| of the threshold", str(found["near"])],
-        [f"Grad-CAM map correlation, {found['cam_n']} images: median", f"{found['cam_median']:.4f}"],
-        ["  5th percentile / min", f"{found['cam_p05']:.4f} / {found['cam_min']:.4f}"],
-    ], ["parity", "bf16 vs fp32"]))
-    if ratios:
-        note = "" if args.image_size == 256 else f" (target set at 256 px; this ran at {args.image_size})"
-        print(f"\nscan bf16/fp32 = {', '.join(f'{r:.2f}' for r in ratios)} (whole process, marginal)  "
-              f"target >= {TARGET}  {C.verdict(min(ratios) >= TARGET)}{note}")
+    run_process(["precisions", str(data), "--model", str(folder), "--device", "cpu",
+                 "--batch-size", str(args.batch_size)])
+    card = read_card(folder)
+    configs = configurations(runs_here(card), folder, without_net(folder))
+    found = decisions(configs, data, args.batch_size)
+    times = throughput(configs, data, args) if not args.skip_throughput else {}
+    report(card, configs, found, times, args)
     shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def report(card: Any, configs: list, found: dict, times: dict, args: argparse.Namespace) -> None:
+    print()
+    print(C.table([[p.precision, str(p.n), f"{p.median_dp:.4f}", f"{p.max_dp:.4f}", f"{p.max_dz:.3f}",
+                    str(p.flips), f"{p.margin:.3f}"] for p in card.fast_paths],
+                  ["measured", "n", "median |dp|", "max |dp|", "max |dz|", "flips", "margin (logit)"]))
+    n = args.large - args.small
+    rows, verdicts = [], []
+    for label, precision, _ in configs:
+        f = found[label]
+        marginal = ""
+        ratio = None
+        if times:
+            seconds = times[label, "large"] - times[label, "small"]
+            exact = times["fp32", "large"] - times["fp32", "small"]
+            ratio = exact / seconds
+            marginal = f"{n / seconds:.2f} ({ratio:.2f}x)"
+        target = TARGETS.get(precision) if label == precision else None
+        if target and ratio is not None:
+            verdicts.append(f"{precision}/fp32 {ratio:.2f} (>= {target}) {C.verdict(ratio >= target)}")
+        if label == precision and precision != "fp32":
+            verdicts.append(f"{precision}: {len(f['differ'])} decisions differ from fp32 "
+                            f"(0) {C.verdict(not f['differ'])}")
+        rows.append([label, marginal, f"{len(f['differ'])} of {f['n']}",
+                     f"{f['rescored']} ({f['rescored'] / f['n']:.0%})", f"{f['max_dp']:.4f}"])
+    print()
+    print(C.table(rows, ["scan", f"marginal img/s ({args.large} - {args.small})", "decisions != fp32",
+                         "re-scored in fp32", "max |dp| vs fp32"]))
+    note = "" if args.image_size == 256 else f" (targets set at 256 px; this ran at {args.image_size})"
+    print("\n" + "; ".join(verdicts) + note)
 
 
 if __name__ == "__main__":

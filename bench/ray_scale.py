@@ -25,8 +25,10 @@ Then the driver's own costs, which more workers do not spread: discovery and pla
 images, and on as many DICOM files (series of --series-slices slices of ``volume_speed.py``, whose
 headers are read and grouped); and writing the overlay and display copy of one flagged image
 (``HeatmapWriter``). The report's cost is ``bench/report_speed.py``'s. And a CPU task's work per
-image (``triage.engine.predictor.decode_image``: read, hash, decode, resize, display copy), with the bytes
-it sends on: the model input to an actor, the display copy and the file's facts to the driver.
+image (``triage.scan.jobs.SliceDecoder`` without display copies, as a Ray decode task runs it: read,
+hash, decode, resize), with the bytes it sends on: the model input to an actor, the file's facts to the
+driver (and the display copy it sent before, with every image); and the pickled size of a job of a
+300-slice DICOM series (its slice and the series' window) against a job that carried its whole case.
 
 Target: ray/local marginal images/s >= 0.85 for each worker count, same total threads.
 """
@@ -87,16 +89,37 @@ def plan_seconds(folder: Path, files: int, repeats: int) -> float:
                     for _ in range(repeats)) / files
 
 
-def decode_costs(paths: list[Path], image_size: int, repeats: int) -> tuple[float, float, float]:
-    """Seconds per image of a decode task's work; bytes per image to an actor and to the driver."""
+def decode_costs(paths: list[Path], image_size: int, repeats: int) -> tuple[float, float, float, float]:
+    """Seconds per image of a decode task's work; bytes per image to an actor and to the driver, and
+    what the driver got before (a display copy with every image's facts)."""
     from triage.engine.predictor import decode_image
+    from triage.inputs.cases import image_case
+    from triage.inputs.discovery import discover
+    from triage.scan.jobs import SliceDecoder, jobs_of
 
-    seconds = C.median(C.timed(lambda: [decode_image(p, image_size) for p in paths])[0]
-                       for _ in range(repeats)) / len(paths)
-    decoded = [decode_image(p, image_size) for p in paths]
+    found = {item.path: item for item in discover(paths[0].parent.parent)}
+    jobs = [job for path in paths for job in jobs_of(image_case(found[path]))]
+    decode = SliceDecoder(image_size).without_display()  # what a Ray decode task runs
+    seconds = C.median(C.timed(lambda: [decode(job) for job in jobs])[0] for _ in range(repeats)) / len(paths)
+    decoded = [decode(job) for job in jobs]
     to_actor = C.mean(d.pixels.nbytes for d in decoded)
     to_driver = C.mean(len(pickle.dumps(d.extra)) for d in decoded)
-    return seconds, to_actor, to_driver
+    before = C.mean(len(pickle.dumps(decode_image(p, image_size).extra)) for p in paths)
+    return seconds, to_actor, to_driver, before
+
+
+def job_bytes(slices: int) -> tuple[float, float]:
+    """Pickled bytes of one job of a ``slices``-slice DICOM series: now (its slice and window) and as
+    a job carrying its whole case was."""
+    from triage.inputs.cases import build_cases
+    from triage.inputs.discovery import discover
+    from triage.scan.jobs import jobs_of
+
+    folder = write_series(C.scratch("job-series"), 1, slices, 16)
+    (case,) = build_cases(list(discover(folder)))[0]
+    jobs = jobs_of(case, (0.0, 1.0))
+    return (C.mean(len(pickle.dumps(job)) for job in jobs),
+            C.mean(len(pickle.dumps((case, s))) for s in case.slices))
 
 
 def driver_costs(data: Path, args: argparse.Namespace) -> tuple[float, float, float, int]:
@@ -206,14 +229,18 @@ def main() -> int:
 
     print("# driver costs ...", file=sys.stderr, flush=True)
     plan, plan_dicom, overlay, n_overlays = driver_costs(data, args)
-    decode, to_actor, to_driver = decode_costs(C.dataset_images(data, args.large), args.image_size,
-                                               args.repeats + 2)
+    decode, to_actor, to_driver, before = decode_costs(C.dataset_images(data, args.large), args.image_size,
+                                                       args.repeats + 2)
+    job_now, job_before = job_bytes(300)
+    job_short, _ = job_bytes(30)
     per_image = plan + args.flagged_share * overlay
     print()
     print(C.table([
         [f"decode task: read, decode, resize ({args.large} images)", C.fmt_s(decode),
-         f"{1 / decode:,.0f} images/s", f"{to_actor / 1e6:.2f} MB to an actor, {to_driver / 1e6:.2f} MB "
-         "to the driver"],
+         f"{1 / decode:,.0f} images/s", f"{to_actor / 1e6:.2f} MB to an actor, {to_driver / 1e3:.2f} kB "
+         f"to the driver (before: {before / 1e6:.2f} MB, a display copy with every image)"],
+        ["a job of a 300-slice series, pickled", "", "", f"{job_now:,.0f} B (30 slices: {job_short:,.0f} B; "
+         f"before: {job_before / 1e6:.2f} MB, its whole case)"],
         [f"discovery + planning ({args.driver_files} images)", C.fmt_s(plan), f"{1 / plan:,.0f} files/s"],
         [f"discovery + planning (DICOM, series of {args.series_slices})", C.fmt_s(plan_dicom),
          f"{1 / plan_dicom:,.0f} files/s"],

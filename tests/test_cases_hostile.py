@@ -23,8 +23,8 @@ from triage.inputs import dicom_series
 from triage.inputs import nifti as volumes
 from triage.inputs.cases import CaseWindows, build_cases, decode_slice
 from triage.inputs.discovery import discover
+from triage.scan.jobs import SliceDecoder, jobs_of
 from triage.scan.plan import plan_scan
-from triage.scan.scorer import SliceDecoder
 from triage.testing import (
     SAGITTAL,
     dicom_declaring,
@@ -221,10 +221,10 @@ def test_a_volume_that_cannot_be_read_is_read_once(tmp_path: Path, monkeypatch: 
     reads = []
     real = volumes._read_canonical
     monkeypatch.setattr(volumes, "_read_canonical", lambda path: reads.append(path) or real(path))
-    decoder = SliceDecoder({case.case_id: case}, image_size=32)
-    for slice_ in case.slices:
+    decoder = SliceDecoder(32, cases={case.case_id: case})
+    for job in jobs_of(case):
         with pytest.raises(ImageLoadError) as caught:
-            decoder(slice_)
+            decoder(job)
         assert caught.value.kind == "unreadable"
     assert len(reads) == 1
 
@@ -293,7 +293,7 @@ def test_what_the_engine_sends_per_slice_does_not_grow_with_the_series(
         return iter(())
 
     monkeypatch.setattr(scorer, "predict", capture)
-    stub = type("Stub", (), {"decode": None, "run": None, "close": lambda self: None})()
+    stub = type("Stub", (), {"decode": None, "run": None, "model": None, "close": lambda self: None})()
     for n in (4, 64):
         series = generate_uid()
         for i in range(n):

@@ -15,7 +15,7 @@ from triage.cli import EXIT_USAGE, main
 from triage.errors import UsageError
 from triage.model.card import read_card
 from triage.model.network import TINY_BACKBONE, choose_precision, cpu_has_bf16
-from triage.testing import IMAGE_SIZE, blob_image
+from triage.testing import IMAGE_SIZE, blob_image, with_margin
 
 # bf16 keeps 8 significant bits, so each layer that runs in it rounds its output to a relative
 # 2^-9 (about 0.2%); their float32 accumulation keeps that from growing with the layer's width.
@@ -108,7 +108,7 @@ def spread_model(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     kernel, bias = logit.get_weights()
     logit.set_weights([kernel * 2 / z.std(), (bias - z.mean()) * 2 / z.std()])
     model.save(folder / "model.keras")
-    return folder
+    return with_margin(folder, "bf16")
 
 
 def test_bf16_probabilities_agree_with_fp32(spread_model: Path, native_bf16: None) -> None:
@@ -195,10 +195,12 @@ def test_scan_records_precision_and_never_reuses_other_precision_rows(
     from triage.scan.run import run_scan
 
     out = tmp_path / "out" / "report.html"
+    model = tmp_path / "model"
+    with_margin(shutil.copytree(trained_model, model), "bf16")
 
     def scan(precision: str) -> object:
         options = ScanOptions(batch_size=8, device="cpu", precision=precision)
-        return run_scan(blob_dataset / "yes", out, model=trained_model, options=options)[0]
+        return run_scan(blob_dataset / "yes", out, model=model, options=options)[0]
 
     fast = scan("bf16")
     facts = json.loads((out.parent / "run.json").read_text())

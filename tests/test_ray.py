@@ -16,7 +16,7 @@ from triage.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
 from triage.hooks import RunHooks
 from triage.model.network import cpu_has_bf16
 from triage.results.tables import read_csv
-from triage.testing import write_blob_images, write_series, write_volume
+from triage.testing import with_margin, write_blob_images, write_series, write_volume
 
 ray = pytest.importorskip("ray")
 
@@ -152,7 +152,7 @@ def test_a_worker_that_dies_is_restarted_and_its_batch_retried(local_ray, folder
         return decode_image(path, 32)
 
     def outcomes(decode) -> list[tuple[str, float]]:
-        return [(o.item.name, o.output[0]) for o in ray_predict(paths, decode, spec, batch_size=2,
+        return [(o.item.name, o.output.probability) for o in ray_predict(paths, decode, spec, batch_size=2,
                                                                  settings=RaySettings(workers=1))]
 
     clean = outcomes(lambda path: decode_image(path, 32))
@@ -168,10 +168,19 @@ def test_the_records_say_what_the_actors_ran(local_ray, folder: Path, trained_mo
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no native bfloat16")
-    local = scan(folder, tmp_path / "local", trained_model, "--precision", "bf16")
-    remote = scan(folder, tmp_path / "ray", trained_model, "--engine", "ray", "--precision", "bf16")
+    # The test model's probabilities lie near 0.5: with its margin, the safety net re-scores some
+    # rows of each batch in fp32 (an actor within the batch, the local engine in batches of its own).
+    model = with_margin(shutil.copytree(trained_model, tmp_path / "model"), "bf16", margin=0.02)
+    scan(folder, tmp_path / "exact", model)
+    rows = read_csv(tmp_path / "exact" / "report.csv")
+    scored = sorted(float(row["probability"]) for row in rows if row["probability"])
+    threshold = ("--threshold", str(scored[len(scored) // 2]))  # the rows lie on both sides of its margin
+    local = scan(folder, tmp_path / "local", model, "--precision", "bf16", *threshold)
+    remote = scan(folder, tmp_path / "ray", model, "--engine", "ray", "--precision", "bf16", *threshold)
     assert local.exit_code == remote.exit_code == EXIT_SOME_FAILED, remote.output
     assert (tmp_path / "ray" / "report.csv").read_text() == (tmp_path / "local" / "report.csv").read_text()
+    assert {row["precision"] for row in read_csv(tmp_path / "ray" / "report.csv") if row["status"] == "ok"} \
+        == {"bf16", "fp32"}
     facts = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert (facts["device"], facts["precision"]) == ("cpu", "bf16")
     state = json.loads((tmp_path / "ray" / ".report.state.json").read_text())

@@ -326,6 +326,19 @@ def copy_model(source: Path, dest: Path, **card_changes: object) -> Path:
     return dest
 
 
+def with_margin(folder: Path, precision: str, margin: float = 0.05) -> Path:
+    """Write a measured margin for ``precision`` into a model folder's card, as ``triage precisions``
+    would (for tests of a reduced precision that are not about the margin itself)."""
+    import dataclasses
+
+    from triage.model.card import FastPath, read_card, write_card
+
+    card = read_card(folder)
+    path = FastPath(precision, 1, 0.0, 0.0, margin / 2, 0, margin, "test", "2026-01-01T00:00:00+00:00")
+    write_card(dataclasses.replace(card, fast_paths=(*card.fast_paths, path)), folder)
+    return folder
+
+
 # --------------------------------------------------------------------------- outputs
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from triage.engine.forward import ForwardPass
 from triage.engine.gradcam import GradCam
+from triage.engine.int8_pass import Int8Pass
 from triage.errors import ModelError, UsageError
 from triage.hashing import sha256_file
 from triage.model.calibration import CALIBRATION_FILE, CalibrationMap, read_calibration
@@ -32,6 +33,7 @@ from triage.model.network import (
     use_device,
     with_precision,
 )
+from triage.model.openvino import openvino_available
 from triage.model.summary import ModelSummary, model_summary
 from triage.settings import DEVICES
 
@@ -40,15 +42,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InferenceModel:
-    """A model ready to score with: its card, facts, and its forward pass and Grad-CAM built once."""
+    """A model ready to score with: its card, facts, and its forward pass and Grad-CAM built once.
+
+    ``exact`` is the fp32 pass of a run in a reduced precision (its safety net, see
+    :mod:`triage.engine.safety`), with the card's ``margin``; both None in fp32.
+    """
 
     folder: Path
     card: ModelCard
     summary: ModelSummary
-    forward: ForwardPass
+    forward: ForwardPass | Int8Pass
     gradcam: GradCam
     familiarity: Familiarity | None = None  # None: checked off, or a model without an index
     calibration: CalibrationMap | None = None  # None: a model trained before calibration maps
+    exact: ForwardPass | None = None
+    margin: float | None = None
 
     @property
     def image_size(self) -> int:
@@ -61,7 +69,7 @@ class InferenceModel:
 
     @property
     def precision(self) -> str:
-        """What the run's forward pass runs in: fp32, bf16 or fp16 (on Ray, the actors')."""
+        """What the run's forward pass runs in: fp32, bf16, fp16 or int8 (on Ray, the actors')."""
         return self.summary.precision
 
     def predict(self, batch: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -74,10 +82,12 @@ class InferenceModel:
             return np.asarray(raw, dtype=np.float64)
         return self.calibration.apply(raw)
 
-    def score(self, batch: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    def score(self, batch: np.ndarray, exact: bool = False) -> tuple[Any, np.ndarray, np.ndarray | None]:
         """One forward pass: activations, probabilities, and each image's ``ood_distance`` (None when
-        there is no familiarity check) from the same pass's pooled features."""
-        activations, pooled, probabilities = self.forward.run_with_features(batch)
+        there is no familiarity check) from the same pass's pooled features; ``exact``: the fp32
+        pass of the safety net (see :mod:`triage.engine.safety`)."""
+        run = self.exact if exact and self.exact is not None else self.forward
+        activations, pooled, probabilities = run.run_with_features(batch)
         if self.familiarity is None:
             return activations, probabilities, None
         return activations, probabilities, self.familiarity.distances(pooled, image_statistics(batch))
@@ -120,25 +130,61 @@ def load_for_inference(model: str | Path | None = None, device: str = "auto",
     on_gpu = device != "cpu" and gpu_available()
     if device == "gpu" and not on_gpu:
         raise UsageError("A GPU was asked for, but TensorFlow sees none.", option="device")
-    chosen = choose_precision(precision, on_gpu)
+    measured = measured_precisions(card, precision)
+    chosen = choose_precision(precision, on_gpu, measured)
     use_device(on_gpu)
     network = load_classifier(folder / MODEL_FILE)
     size = card.image_size
     if tuple(network.input.shape[1:]) != (size, size, 3):
         raise ModelError(f"The model card says image size {size}, but the model takes "
                          f"{tuple(network.input.shape[1:])}: the model folder is inconsistent.")
-    network = with_precision(network, chosen)
+    device_used = "gpu" if on_gpu else "cpu"
+    fast_path = card.fast_path(chosen)
+    margin = fast_path.margin if fast_path else None
+    why = auto_reason(measured) if precision == "auto" and chosen == "fp32" else ""
     index = load_familiarity(folder, card) if familiarity else None
     checked = "checked" if index is not None else ("off" if not familiarity else "none")
     calibration = _calibration(folder, card)
-    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen,
-                            "gpu" if on_gpu else "cpu", checked,
-                            sha256_file(folder / CALIBRATION_FILE) if calibration else None)
-    forward = ForwardPass(network, cam_layer, jit_compile=on_gpu)
+    mapped = sha256_file(folder / CALIBRATION_FILE) if calibration else None
+    summary = model_summary(folder, card, sha256_file(folder / MODEL_FILE), chosen, device_used,
+                            auto=precision == "auto", margin=margin, auto_reason=why, familiarity=checked,
+                            calibration_sha256=mapped)
+    exact = ForwardPass(network, cam_layer, jit_compile=on_gpu)
+    forward = _fast_pass(folder, card, network, chosen, cam_layer, on_gpu) if chosen != "fp32" else exact
     gradcam = GradCam(network, cam_layer)
-    log.info("model %s (%s), CAM layer %s, %s, precision %s, familiarity %s", summary.id, folder, cam_layer,
-             "GPU, XLA" if on_gpu else "CPU", chosen, checked)
-    return InferenceModel(folder, card, summary, forward, gradcam, index, calibration)
+    log.info("model %s (%s), CAM layer %s, %s, precision %s%s, familiarity %s", summary.id, folder, cam_layer,
+             "GPU, XLA" if on_gpu else "CPU", chosen,
+             f", fp32 within logit margin {margin:.4g}" if margin else "", checked)
+    net = None if forward is exact else exact
+    return InferenceModel(folder, card, summary, forward, gradcam, index, calibration, net, margin)
+
+
+def auto_reason(measured: dict[str, float]) -> str:
+    """Why ``auto`` kept fp32: nothing measured, or nothing measured runs faster here."""
+    if not measured:
+        return "no faster precision measured for this model (triage precisions)"
+    return "no measured precision is faster than fp32 here, with its fp32 re-scoring"
+
+
+def measured_precisions(card: ModelCard, requested: str) -> dict[str, float]:
+    """The reduced precisions the card holds a margin for, with their measured cost against fp32;
+    ``auto`` leaves int8 out without OpenVINO."""
+    measured = {path.precision: path.cost for path in card.fast_paths}
+    if requested == "auto" and not openvino_available():
+        measured.pop("int8", None)
+    return measured
+
+
+def _fast_pass(folder: Path, card: ModelCard, network: Any, precision: str, cam_layer: str,
+               on_gpu: bool) -> ForwardPass | Int8Pass:
+    if precision != "int8":
+        return ForwardPass(with_precision(network, precision), cam_layer, jit_compile=on_gpu)
+    if cam_layer != card.cam_layer:
+        raise UsageError(f"The int8 network keeps the activations of {card.cam_layer}, not {cam_layer}: "
+                         f"choose another precision for that layer.", option="precision")
+    fast_path = card.fast_path("int8")
+    assert fast_path is not None  # choose_precision saw it
+    return Int8Pass(folder, fast_path.files, cam_layer)
 
 
 def _calibration(folder: Path, card: ModelCard) -> CalibrationMap | None:

@@ -6,13 +6,16 @@ it takes the same items and the same decode function, and yields the same
 writes rows, heat maps, CSVs, report, state and ``run.json`` exactly as the
 local engine does. Decode tasks never import TensorFlow; each actor loads the
 model once. Every batch an actor runs is padded to ``batch_size``, as the local
-engine pads, so a file gets the same probability on either engine. An actor
-computes the Grad-CAM map of every image (they are small, and cheap from the
+engine pads, so a file gets the same probability on either engine, and the rows
+near the threshold of a reduced precision are scored again in fp32 within the
+batch (:func:`triage.engine.safety.checked_batch`). Unless heat maps are off, an
+actor computes the Grad-CAM map of every image (they are small, and cheap from the
 activations in hand); the driver keeps those the report shows.
 
-The model input crosses from the decode tasks to the actors as float32 (the
-exact bilinear resize: rounding it to uint8 would move probabilities), the
-display copy as uint8.
+Each item is one slice's job, with its series' window, never its whole case. The
+model input crosses from the decode tasks to the actors as float32 (the exact
+bilinear resize: rounding it to uint8 would move probabilities); display copies
+do not travel (the driver decodes the few it shows, see :mod:`triage.scan.scorer`).
 """
 
 from __future__ import annotations
@@ -64,14 +67,16 @@ class ModelSpec:
     precision: str
     cam_layer: str
     image_size: int
+    threshold: float = 0.5  # where the fp32 safety net looks (a reduced precision)
+    heatmaps: bool = True  # False: no Grad-CAM map is computed (--explain none)
     familiarity: bool = True
 
 
-def model_spec(model: Any) -> ModelSpec:
+def model_spec(model: Any, threshold: float, explain: str = "flagged") -> ModelSpec:
     """What the actors load: the driver's model folder and CAM layer, on the device and at the
     precision its summary records (see :meth:`RaySession.resolve`), with its familiarity check."""
     return ModelSpec(model.folder, model.summary.device, model.summary.precision, model.gradcam.layer_name,
-                     model.image_size, model.familiarity is not None)
+                     model.image_size, threshold, explain != "none", model.familiarity is not None)
 
 
 def require_ray() -> Any:
@@ -107,13 +112,14 @@ def _decode_batch(batch: dict[str, np.ndarray], decode: Callable[[Any], Decoded]
 
 
 class Score:
-    """A model actor: loads the model once; per batch, probabilities and Grad-CAM maps."""
+    """A model actor: loads the model once; per batch, probabilities (rows near the threshold decided
+    by the fp32 safety net, see :func:`triage.engine.safety.checked_batch`) and Grad-CAM maps."""
 
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
         # In the actor: GPU memory grows (see triage.model.network.use_device).
         from triage.engine.inference import load_for_inference
 
-        self.batch_size = batch_size
+        self.batch_size, self.threshold, self.heatmaps = batch_size, spec.threshold, spec.heatmaps
         try:
             self.model, self.failure = load_for_inference(spec.folder, spec.device, spec.cam_layer,
                                                           spec.precision, spec.familiarity), None
@@ -128,11 +134,16 @@ class Score:
         inputs, n = batch["pixels"], len(batch["pixels"])
         if n < self.batch_size:
             inputs = np.concatenate([inputs, np.zeros((self.batch_size - n, *inputs.shape[1:]), np.float32)])
-        activations, probabilities, distances = self.model.score(inputs)
-        maps = self.model.gradcam.heatmaps(activations)[:n]  # a map that is not finite comes back NaN
-        far = np.full(n, np.nan) if distances is None else distances[:n]
-        return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities[:n], "cam": maps,
-                "ood": far}
+        from triage.engine.safety import checked_batch
+
+        activations, probabilities, distances, precisions = checked_batch(self.model, self.threshold,
+                                                                          inputs, n)
+        # A map that is not finite comes back NaN; with --explain none no map is made.
+        maps = (self.model.gradcam.heatmaps(activations) if self.heatmaps
+                else np.zeros((n, 1, 1), np.float32))
+        far = np.full(n, np.nan) if distances is None else distances
+        return {**batch, "pixels": np.zeros(n, np.uint8), "probability": probabilities, "cam": maps,
+                "ood": far, "precision": np.array(precisions, dtype=object)}
 
 
 class RaySession:
@@ -162,18 +173,20 @@ class RaySession:
         if self.started:
             require_ray().shutdown()
 
-    def resolve(self, device: str, precision: str) -> tuple[str, str]:
+    def resolve(self, device: str, precision: str, card: Any) -> tuple[str, str]:
         """The device and precision the actors will run: decided here, before the scan, because the
         run's records (``run.json``, the report, the incremental state) depend on them.
 
         The actors run on GPUs exactly when they reserve some (``--gpus-per-worker``);
-        ``auto`` precision is then fp16, else fp32. Each actor checks on its own
-        machine that it can (a GPU it sees, bf16 a CPU does natively).
+        ``auto`` precision is then the fastest the card has a measured margin for (see
+        :func:`~triage.model.network.choose_precision`), judged by the driver's CPU. Each
+        actor checks on its own machine that it can (a GPU it sees, bf16 a CPU does natively).
 
         Raises:
             UsageError: the request contradicts the reservation, or the cluster lacks
                 the CPUs or GPUs the workers reserve (the run would wait forever).
         """
+        from triage.engine.inference import measured_precisions
         from triage.model.network import choose_precision
 
         gpus, workers = self.settings.gpus_per_worker, self.settings.workers
@@ -191,9 +204,10 @@ class RaySession:
             raise UsageError(f"{workers} worker(s) and the decoding need {workers + DECODE_CPUS:g} CPUs, but "
                              f"the Ray cluster has {have.get('CPU', 0):g}.", option="workers")
         on_gpu = gpus > 0
-        # bf16 on CPU workers: each actor checks its own CPU, not the driver's.
-        return ("gpu" if on_gpu else "cpu",
-                precision if precision == "bf16" else choose_precision(precision, on_gpu))
+        measured = measured_precisions(card, precision)
+        if precision == "bf16" and not on_gpu:  # each actor checks its own CPU, not the driver's:
+            return "cpu", choose_precision("bf16", True, measured)  # here only the card's margin
+        return "gpu" if on_gpu else "cpu", choose_precision(precision, on_gpu, measured)
 
 
 def _route_ray_logs() -> None:
@@ -211,7 +225,8 @@ def ray_predict(items: Sequence[T], decode: Callable[[T], Decoded], model: Model
                 progress: Callable[[int], None] | None = None) -> Iterator[Outcome[T]]:
     """Score ``items`` on Ray Data; one outcome per item, in input order.
 
-    ``output`` of an outcome is ``(probability, Grad-CAM map, ood_distance or None)``.
+    ``output`` of an outcome is a :class:`~triage.engine.safety.Scored` whose ``activation`` is
+    the row's Grad-CAM map.
     """
     stop = stop or Stop()
     report = progress or (lambda n: None)
@@ -257,8 +272,11 @@ def _worker_failure(error: Any) -> BaseException:
 
 
 def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outcome[T]]:
-    for index, ok, blob, probability, cam, far in zip(batch["index"], batch["ok"], batch["result"],
-                                                       batch["probability"], batch["cam"], batch["ood"]):
+    from triage.engine.safety import Scored
+
+    for index, ok, blob, probability, cam, far, precision in zip(
+            batch["index"], batch["ok"], batch["result"], batch["probability"], batch["cam"], batch["ood"],
+            batch["precision"]):
         extra, failure = pickle.loads(blob)
         item = items[int(index)]
         if failure is not None:
@@ -267,5 +285,6 @@ def _outcomes(items: Sequence[T], batch: dict[str, np.ndarray]) -> Iterator[Outc
             yield Outcome(item, extra=extra)
         else:
             distance = None if np.isnan(far) else float(far)
-            yield Outcome(item, extra=extra, output=(float(probability), cam, distance))
+            yield Outcome(item, extra=extra, output=Scored(float(probability), cam, str(precision),
+                                                           ood_distance=distance))
 

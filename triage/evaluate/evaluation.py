@@ -23,6 +23,7 @@ import numpy as np
 from triage import __version__, settings
 from triage.engine.inference import InferenceModel, load_for_inference
 from triage.engine.predictor import Decoded, Stop, decode_image, predict
+from triage.engine.safety import fast_run, rescored
 from triage.errors import DataError, Stopped, UsageError
 from triage.hooks import RunHooks
 from triage.labelled.calibration import before_and_after
@@ -58,6 +59,7 @@ class Evaluation:
     metrics_without_copies: dict[str, Any] | None  # the metrics on the other files, when there are copies
     calibration: dict[str, Any]  # Brier and ECE of the raw output and of the probability, with n and CIs
     unfamiliar: dict[str, Any] | None = None  # share called unfamiliar (false alarms on labelled MRI)
+    rescored: int = 0  # files the fp32 safety net decided (a reduced precision)
 
     @property
     def precision(self) -> str:
@@ -75,6 +77,7 @@ class Scores:
     skipped: tuple[dict[str, str], ...]
     copy_of_training: np.ndarray  # bool per file: an exact or near copy of an image the model trained on
     distances: np.ndarray | None = None  # ood_distance per file; None without a familiarity check
+    precisions: tuple[str, ...] = ()  # per file, the precision of the pass that decided it
 
 
 def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | Path | None = None,
@@ -93,7 +96,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
         positive: Name of the tumour class folder.
         batch_size: Images per forward pass (as in a scan, so the probabilities are the scan's).
         device: ``auto``, ``cpu`` or ``gpu``.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``choose_precision``).
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (see ``choose_precision``).
         force: Replace an earlier evaluation in ``out_dir``.
         hooks: ``should_stop`` (polled between batches; True stops with nothing written),
             ``on_start`` and ``advance`` (images to score, images scored).
@@ -116,7 +119,7 @@ def evaluate_model(data_dir: Path, out_dir: Path | None = None, *, model: str | 
     loaded = load_for_inference(folder, device, precision=precision)
     threshold = loaded.threshold(threshold)
     hooks.on_start(len(labelled.files))
-    scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance)
+    scores = score_labelled(labelled, loaded, batch_size, Stop(hooks.should_stop), hooks.advance, threshold)
     evaluation = _evaluation(out_dir, loaded, scores, threshold, labelled)
     manifest = _manifest(evaluation, labelled, batch_size, started, time.perf_counter() - clock)
     _write_folder(out_dir, labelled, scores, _metrics_json(data_dir, labelled, evaluation), manifest)
@@ -137,7 +140,8 @@ def _evaluation(out_dir: Path, loaded: InferenceModel, scores: Scores, threshold
                       binary_metrics(scores.labels, scores.probabilities, threshold), len(scores.files),
                       scores.skipped, not_read, copies, clean,
                       before_and_after(scores.labels, scores.raw_probabilities, scores.probabilities),
-                      unfamiliar)
+                      unfamiliar,
+                      sum(p == "fp32" for p in scores.precisions) if loaded.precision != "fp32" else 0)
 
 
 def evaluation_folder(out_dir: Path | None, model_folder: Path) -> Path:
@@ -170,9 +174,9 @@ def _is_evaluation(run_file: Path) -> bool:
 
 
 def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: int, stop: Stop,
-                   progress: Callable[[int], None] | None = None) -> Scores:
-    """Probabilities (raw and calibrated) of every readable file, through the same predictor and
-    forward pass as a scan.
+                   progress: Callable[[int], None] | None = None, threshold: float | None = None) -> Scores:
+    """Probabilities (raw and calibrated) of every readable file, through the same predictor, forward
+    pass and safety net (at ``threshold``, the card's when None) as a scan.
 
     Raises:
         DataError: no file could be read.
@@ -185,15 +189,20 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
 
     probabilities: dict[int, float] = {}
     distances: dict[int, float | None] = {}
+    precisions: dict[int, str] = {}
     hashes: dict[int, tuple[str, str]] = {}
     skipped: list[dict[str, str]] = []
-    for outcome in predict(range(len(labelled.files)), decode, loaded.scores,
-                           batch_size=batch_size, stop=stop, progress=progress):
+    run = fast_run(loaded, loaded.threshold(threshold), keep_activations=False)
+    outcomes = predict(range(len(labelled.files)), decode, run, batch_size=batch_size, stop=stop,
+                       progress=progress)
+    for outcome in rescored(outcomes, loaded, batch_size):
         if outcome.failure is not None:
             skipped.append({"path": labelled.files[outcome.item].relpath,
                             "status": outcome.failure.status, "reason": outcome.failure.reason})
         else:
-            probabilities[outcome.item], distances[outcome.item] = outcome.output
+            probabilities[outcome.item] = outcome.output.probability
+            distances[outcome.item] = outcome.output.ood_distance
+            precisions[outcome.item] = outcome.output.precision
             hashes[outcome.item] = outcome.extra
     if stop.asked:
         raise Stopped("the evaluation was stopped; nothing was written")
@@ -204,7 +213,8 @@ def score_labelled(labelled: LabelledSet, loaded: InferenceModel, batch_size: in
     raw = np.array([probabilities[i] for i in order])
     return Scores(tuple(labelled.files[i] for i in order), labelled.labels[order], loaded.calibrate(raw), raw,
                   tuple(skipped), copies_of_training([hashes[i] for i in order], loaded.card.training_images),
-                  np.array([distances[i] for i in order], dtype=float) if checked else None)
+                  np.array([distances[i] for i in order], dtype=float) if checked else None,
+                  tuple(precisions[i] for i in order))
 
 
 def copies_of_training(hashes: list[tuple[str, str]], trained: TrainingImages) -> np.ndarray:
@@ -241,7 +251,7 @@ def _manifest(evaluation: Evaluation, labelled: LabelledSet, batch_size: int, st
     """The content of ``run.json``, written last (see :mod:`triage.results.run_record`)."""
     counts = {"found": len(labelled.files) + len(labelled.ignored), "scored": evaluation.n_images,
               "skipped": len(evaluation.skipped), "not_read": len(evaluation.not_read),
-              "copies_of_training": len(evaluation.copies_of_training)}
+              "copies_of_training": len(evaluation.copies_of_training), "rescored_fp32": evaluation.rescored}
     finished = dt.datetime.now(dt.timezone.utc)
     return run_record("evaluate", evaluation.model, threshold=evaluation.threshold,
                       versions=library_versions(), counts=counts,
@@ -254,13 +264,13 @@ def _predictions_csv(labelled: LabelledSet, scores: Scores, threshold: float) ->
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "probability", "raw_probability", "predicted", "ood_distance",
-                     "unfamiliar"])
+                     "unfamiliar", "precision"])
     distances = scores.distances if scores.distances is not None else [None] * len(scores.files)
-    for item, probability, raw, distance in zip(scores.files, scores.probabilities, scores.raw_probabilities,
-                                                distances):
+    for item, probability, raw, distance, precision in zip(
+            scores.files, scores.probabilities, scores.raw_probabilities, distances, scores.precisions):
         familiarity = ["", ""] if distance is None else [f"{distance:.6f}", str(distance > 1).lower()]
         writer.writerow([item.relpath, labelled.class_names[item.label], f"{probability:.6f}", f"{raw:.6f}",
-                         labelled.class_names[int(probability >= threshold)], *familiarity])
+                         labelled.class_names[int(probability >= threshold)], *familiarity, precision])
     return buffer.getvalue()
 
 

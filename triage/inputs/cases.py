@@ -240,21 +240,30 @@ def decode_slice(slice_: Slice, case: Case, windows: CaseWindows | None = None) 
         raise ImageLoadError(case.status, case.reason)
     if case.kind == "image":
         return read_image(slice_.path).pixels
-    values, photometric = _slice_values(slice_, case)
+    return slice_pixels(slice_, case.kind, lambda: (windows or CaseWindows()).get(case))
+
+
+def slice_pixels(slice_: Slice, kind: str, window: Callable[[], tuple[float, float]],
+                 data: bytes | None = None) -> np.ndarray:
+    """A slice of a series or volume as RGB, in the window ``window()`` gives (asked only for gray).
+
+    ``data``: the bytes of a single-frame DICOM file already read, so it is read once.
+    """
+    values, photometric = _slice_values(slice_, kind, data)
     if values.ndim == 3:  # colour, palette colour through its LUT: shown over its type's full range
         return np.ascontiguousarray(scale(values, 0, np.iinfo(values.dtype).max))
     require_signal(values)  # windowed, a slice with no signal would pass for a black one
-    gray = scale(values, *(windows or CaseWindows()).get(case))
+    gray = scale(values, *window())
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return gray_to_rgb(gray)
 
 
-def _slice_values(slice_: Slice, case: Case) -> tuple[np.ndarray, str]:
+def _slice_values(slice_: Slice, kind: str, data: bytes | None = None) -> tuple[np.ndarray, str]:
     """A slice's values before the window, and its photometric interpretation."""
-    if case.kind == "volume":
+    if kind == "volume":
         return volumes.axial_slice(slice_.path, int(slice_.slice_index or 0)), "MONOCHROME2"
-    return dicom_series.frame_values(slice_.path, slice_.frame)
+    return dicom_series.frame_values(slice_.path, slice_.frame, data)
 
 
 class CaseWindows:
@@ -304,7 +313,7 @@ def case_window(case: Case) -> tuple[float, float]:
 def _slice_sample(slice_: Slice, case: Case) -> np.ndarray:
     """Up to :data:`_SAMPLES_PER_SLICE` finite values of a slice, evenly spread."""
     try:
-        values = _slice_values(slice_, case)[0]
+        values = _slice_values(slice_, case.kind)[0]
     except (ImageLoadError, OSError):  # the slice reports its failure when it is decoded itself
         return np.empty(0)
     flat = values.ravel()[::max(1, values.size // _SAMPLES_PER_SLICE)].astype(np.float64)

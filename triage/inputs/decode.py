@@ -21,6 +21,7 @@ from triage.errors import ImageLoadError, short_reason
 from triage.inputs.dicom import decode_dicom
 from triage.inputs.formats import HEAD_BYTES, MAX_PIXELS, NOT_AN_IMAGE, has_image_signature, looks_like_image
 from triage.inputs.integrity import decoded_whole, png_chunks
+from triage.inputs.jpeg import decode_whole_jpeg
 from triage.inputs.pixels import depth_of, gray_to_rgb, require_signal, scale
 
 # Bump when decoding changes what pixels a file gives: it is part of the feature-cache key
@@ -92,6 +93,17 @@ def read_file(path: Path) -> tuple[str, bytes]:
         handle.seek(0)
         data = _read(handle, -1)
     # The bytes are kept for decoding, so they are hashed where they lie.
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def read_whole(path: Path) -> tuple[str, bytes]:
+    """A file's SHA-256 and bytes, read once and kept for decoding (a DICOM slice known by its header).
+
+    Raises:
+        ImageLoadError: the file cannot be opened or read, or is not a regular file.
+    """
+    with _open_regular(path) as handle:
+        data = _read(handle, -1)
     return hashlib.sha256(data).hexdigest(), data
 
 
@@ -191,6 +203,9 @@ def _decode_pillow(image: Image.Image, data: bytes) -> tuple[np.ndarray, str]:
         raise ImageLoadError(
             "too_large", f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels")
     try:
+        once = decode_whole_jpeg(image, data) if image.format == "JPEG" else None
+        if once is not None:  # complete, decoded once
+            return np.ascontiguousarray(once), fmt
         image.load()  # decode here, inside the try, so truncation is reported
         complete = decoded_whole(image, fmt, data)
         image = ImageOps.exif_transpose(image)

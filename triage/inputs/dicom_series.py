@@ -11,6 +11,7 @@ path reads both kinds.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import threading
 from collections import defaultdict
@@ -359,8 +360,10 @@ def _tiny_and_orthogonal(stack: Sequence[DicomImage], main: Sequence[DicomImage]
     return a is not None and b is not None and abs(float(np.dot(a, b))) < _ORTHOGONAL_COS
 
 
-def frame_values(path: Path, frame: int | None) -> tuple[np.ndarray, str]:
+def frame_values(path: Path, frame: int | None, data: bytes | None = None) -> tuple[np.ndarray, str]:
     """A frame's values for display and its photometric interpretation.
+
+    ``data``: the bytes of a single-frame file already read (and hashed), so it is not read again.
 
     Grayscale: after the modality LUT (rescale or LUT), and after a VOI LUT
     sequence when the image has one but no window. Colour: RGB (palette
@@ -369,7 +372,8 @@ def frame_values(path: Path, frame: int | None) -> tuple[np.ndarray, str]:
     Raises:
         ImageLoadError: too large, or pixel data or LUTs that cannot be decoded.
     """
-    ds = _frame_header(path) if frame is not None else _dataset(path)
+    source = io.BytesIO(data) if data is not None else path
+    ds = _frame_header(path) if frame is not None else _dataset(source)
     check_size(ds)  # the file may have changed since its header was read
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     try:
@@ -396,7 +400,7 @@ def _display_values(pixels: np.ndarray, ds: pydicom.Dataset, frame: int | None,
     return values
 
 
-def _dataset(path: Path) -> pydicom.Dataset:
+def _dataset(path: Path | io.BytesIO) -> pydicom.Dataset:
     """The whole data set, its pixel data read only when decoded (after the size check)."""
     try:
         return pydicom.dcmread(path, force=True, defer_size=DICOM_DEFER_BYTES)

@@ -183,6 +183,39 @@ class TrainingImages:
 
 
 @dataclass(frozen=True)
+class FastPath:
+    """A reduced precision measured against fp32 on the validation part (``triage precisions``).
+
+    The differences are of the probability (``dp``) and of the logit (``dz``), the latter
+    being what the safety net's ``margin`` is made of: a row whose fast logit lies within
+    ``margin`` of the threshold's is scored again in fp32. ``flips`` counts the validation
+    decisions at the card's threshold that the precision would have changed without it;
+    ``speedup`` and ``near_share`` (the share it scores again) give its ``cost`` against fp32,
+    which ``--precision auto`` compares.
+    ``files``: the network's files beside the model and their sha256 (int8), none for a
+    Keras precision.
+    """
+
+    precision: str
+    n: int
+    median_dp: float
+    max_dp: float
+    max_dz: float
+    flips: int
+    margin: float
+    measured_on: str  # the CPU's model name, or "gpu"
+    measured_at: str
+    files: dict[str, str] = field(default_factory=dict)
+    speedup: float = 0.0  # fp32's seconds over this precision's, for the validation part, where measured
+    near_share: float = 1.0  # validation images the net scores again in fp32 at the card's threshold
+
+    @property
+    def cost(self) -> float:
+        """A scan's time in this precision, with its re-scoring, as a share of fp32's (over 1: slower)."""
+        return (1 / self.speedup if self.speedup > 0 else float("inf")) + self.near_share
+
+
+@dataclass(frozen=True)
 class FamiliarityCheck:
     """How the model tells an unfamiliar image (:mod:`triage.model.familiarity`), and its false alarms.
 
@@ -234,6 +267,7 @@ class ModelCard:
     copies: Copies | None = None
     validation_metrics_clean: dict[str, Any] | None = None  # keras split: validation without copies
     training_images: TrainingImages = field(default_factory=TrainingImages)
+    fast_paths: tuple[FastPath, ...] = ()  # reduced precisions measured against fp32 (triage precisions)
     preprocessing: str = ("decode as RGB, resize bilinear (no antialias, aspect not kept), "
                           "vgg19 caffe preprocess_input inside the model")
     model_file: str = MODEL_FILE
@@ -247,6 +281,10 @@ class ModelCard:
         if found.get("value") is None:
             return None
         return (found["value"], found["ci_low"], found["ci_high"], found["n"])
+
+    def fast_path(self, precision: str) -> FastPath | None:
+        """The measured margin and parity of a reduced precision, or None when it was not measured."""
+        return next((path for path in self.fast_paths if path.precision == precision), None)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"

@@ -14,7 +14,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from triage.errors import CamLayerNotFound, ModelError, UsageError, WeightsUnavailable
 from triage.hashing import sha256_file
@@ -298,48 +298,101 @@ def use_device(on_gpu: bool) -> None:
                     "run may use the GPU): %s", error)
 
 
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); none where it can't be read."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags") and ":" in line), []))
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or ``unknown``."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("model name") and ":" in line), "unknown")
+
+
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU does bfloat16 arithmetic natively (flag ``avx512_bf16`` or ``amx_bf16``, Linux).
 
     Anywhere ``cpuinfo`` can't be read (another system) the answer is no.
     """
-    try:
-        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags") and ":" in line), [])
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))
 
 
-def choose_precision(requested: str, on_gpu: bool) -> str:
-    """The precision a run uses: ``fp32``, ``bf16`` or ``fp16``.
+def cpu_has_int8(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has 8-bit dot products (``avx512_vnni``, ``avx_vnni`` or ``amx_int8``).
 
-    ``auto`` is fp16 on a GPU and fp32 on a CPU: bf16 is several times faster on a
-    CPU with native bfloat16, but it moved probabilities by up to 0.1 and flipped
-    borderline decisions in ``bench/precision.py``, so it is asked for, never chosen
-    behind a user's back.
+    Without them OpenVINO's INT8 runs on AVX2 at about fp32's speed (1.2x measured).
+    """
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags(cpuinfo))
+
+
+def _native(precision: str, on_gpu: bool) -> bool:
+    if precision == "int8":
+        return not on_gpu and cpu_has_int8()
+    if precision == "fp16":
+        return on_gpu
+    return precision == "fp32" or on_gpu or cpu_has_bf16()
+
+
+# Where measured costs tie: 8-bit dot products do four times the work of fp32 per instruction, bf16 twice.
+_FASTEST_FIRST = ("int8", "fp16", "bf16")
+
+
+def choose_precision(requested: str, on_gpu: bool, measured: Mapping[str, float] | None = None) -> str:
+    """The precision a run uses: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+
+    A scan or an evaluation (``measured`` given: the reduced precisions whose margin the
+    model card holds, see ``triage precisions``, each with its measured cost, a share of
+    fp32's time counting the images its safety net scores again) runs a reduced precision
+    only with that net, so ``auto`` is the cheapest precision this machine runs natively
+    among those measured, if it is cheaper than fp32, else fp32. Training's feature
+    extraction (``measured`` None) has no safety net: ``auto`` is fp16 on a GPU, fp32 on a CPU.
 
     Raises:
-        UsageError: an unknown precision, fp16 without a GPU, or bf16 on a CPU without native bfloat16.
+        UsageError: an unknown precision, fp16 without a GPU, bf16 on a CPU without
+            native bfloat16, int8 on a GPU or in training, or a reduced precision the card
+            has no measured margin for.
     """
     if requested not in PRECISIONS:
         raise UsageError(f"The precision must be one of {', '.join(PRECISIONS)}, got {requested!r}.",
                          option="precision")
     if requested == "auto":
-        return "fp16" if on_gpu else "fp32"
-    if requested == "fp16" and not on_gpu:
-        raise UsageError("fp16 runs only on a GPU, and none is in use: on a CPU choose bf16 (where the "
-                         "CPU has native bfloat16) or fp32.", option="precision")
-    if requested == "bf16" and not on_gpu and not cpu_has_bf16():
-        raise UsageError("This CPU has no native bfloat16 (AVX512_BF16 or AMX), so bf16 would run "
-                         "slower than fp32 here: choose fp32.", option="precision")
+        if measured is None:
+            return "fp16" if on_gpu else "fp32"
+        costs = {p: cost for p, cost in measured.items() if _native(p, on_gpu) and cost < 1}
+        return min(costs, key=lambda p: (costs[p], _FASTEST_FIRST.index(p))) if costs else "fp32"
+    _check_runs_here(requested, on_gpu, training=measured is None)
+    if requested != "fp32" and measured is not None and requested not in measured:
+        raise UsageError(f"The model card holds no measured {requested} margin, without which {requested} "
+                         f"could change decisions: run triage precisions on the model first.",
+                         option="precision")
     return requested
 
 
+def _check_runs_here(requested: str, on_gpu: bool, training: bool) -> None:
+    if requested == "fp16" and not on_gpu:
+        raise UsageError("fp16 runs only on a GPU, and none is in use: on a CPU choose bf16 (where the "
+                         "CPU has native bfloat16), int8 or fp32.", option="precision")
+    if requested == "bf16" and not on_gpu and not cpu_has_bf16():
+        raise UsageError("This CPU has no native bfloat16 (AVX512_BF16 or AMX), so bf16 would run "
+                         "slower than fp32 here: choose fp32.", option="precision")
+    if requested == "int8" and (on_gpu or training):
+        raise UsageError("int8 runs only on the CPU, for scan and evaluate: choose the CPU device, "
+                         "or another precision.", option="precision")
+
+
 def with_precision(model: "keras.Model", precision: str) -> "keras.Model":
-    """The network to run at ``precision`` (see :func:`choose_precision`): the model itself for fp32."""
-    policy = DTYPE_POLICIES[precision]
+    """The network to run at ``precision`` (see :func:`choose_precision`): the model itself for fp32
+    and int8 (whose network is OpenVINO's, see :mod:`triage.model.openvino`)."""
+    policy = DTYPE_POLICIES.get(precision)
     return with_dtype_policy(model, policy) if policy else model
 
 

@@ -29,7 +29,10 @@ class ModelSummary:
     val_split: str = ""  # how that set was split off: grouped or keras
     threshold_source: str = "default"  # default, fixed, certified (or out-of-fold, older models)
     device: str = "cpu"  # where this run's forward pass ran: cpu or gpu
-    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16 or fp16
+    precision: str = "fp32"  # what this run's forward pass ran in: fp32, bf16, fp16 or int8
+    auto_precision: bool = False  # chosen by --precision auto
+    auto_reason: str = ""  # why auto kept fp32 where it did
+    margin: float | None = None  # the safety net's logit margin (a reduced precision), see engine.safety
     familiarity: str = "none"  # "checked", "off" (--no-familiarity) or "none" (a model without an index)
     val_unfamiliar: tuple[float, float, float, int] | None = None  # validation images called unfamiliar
     certified: str | None = None  # what a certified threshold promises, in one sentence
@@ -42,7 +45,8 @@ class ModelSummary:
 
 
 def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: str = "fp32",
-                  device: str = "cpu", familiarity: str = "none",
+                  device: str = "cpu", auto: bool = False, margin: float | None = None,
+                  auto_reason: str = "", familiarity: str = "none",
                   calibration_sha256: str | None = None) -> ModelSummary:
     """The facts of a model that a report and ``run.json`` show."""
     data = card.data
@@ -55,6 +59,7 @@ def model_summary(folder: Path, card: ModelCard, model_sha256: str, precision: s
         val_sensitivity=card.metric("sensitivity"), val_specificity=card.metric("specificity"),
         val_images=card.split.validation.n, val_split=card.split.method,
         threshold_source=card.threshold_source, precision=precision, device=device,
+        auto_precision=auto, margin=margin, auto_reason=auto_reason,
         familiarity=familiarity, val_unfamiliar=_proportion(card.familiarity.validation)
         if card.familiarity and card.familiarity.validation else None,
         certified=certified_sentence(card), calibration=calibration_sentence(card),

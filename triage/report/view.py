@@ -25,6 +25,7 @@ _PRECISION_LABELS = {
     "fp32": "fp32 (exact)",
     "bf16": "bf16 (mixed bfloat16 backbone; float32 head, probability and heat maps)",
     "fp16": "fp16 (mixed float16 backbone; float32 head, probability and heat maps)",
+    "int8": "int8 (OpenVINO, quantised by NNCF; float32 head gradient for the heat maps)",
 }
 
 # A relative image path -> what an <img> shows (a URL, or a data: URI); None when unavailable.
@@ -241,9 +242,20 @@ def _model_rows(result: ScanResult) -> list[tuple[str, str]]:
         ("Familiarity check", _familiarity_row(model)),
         ("Measured", _measured_on(result)),
         ("Backbone weights", model.backbone_weights),
-        ("Precision of this run", _PRECISION_LABELS.get(model.precision, model.precision)),
+        ("Precision of this run", _precision(result)),
         ("Device of this run", "GPU" if model.device == "gpu" else "CPU"),
     ]
+
+
+def _precision(result: ScanResult) -> str:
+    """What the forward pass ran in and, for a reduced precision, what its fp32 safety net did."""
+    model = result.model
+    said = _PRECISION_LABELS.get(model.precision, model.precision)
+    said += " (chosen by auto)" if model.auto_precision else ""
+    if model.precision == "fp32" or model.margin is None:
+        return said
+    return (f"{said}; {result.rescored_this_run} images near the threshold (logit within "
+            f"{model.margin:.3g}) scored again in fp32, which decided them")
 
 
 def _familiarity_row(model: Any) -> str:

@@ -55,6 +55,8 @@ class Row:
             for a row that stands for a whole file that was not scored.
         copy_of: The first path (in path order) of another file with the same bytes.
         heatmap_note: Why a row that asked for a heat map has none.
+        precision: The precision of the pass that decided the row: the run's, or ``fp32`` where
+            the safety net scored it again (its probability was near the threshold).
         ood_distance: How unlike the training images the image is (:mod:`triage.model.familiarity`);
             above 1 it is unfamiliar. None when not scored or when no familiarity check ran.
         unfamiliar: ``ood_distance > 1``: its score is not to be trusted; None as ``ood_distance``.
@@ -86,6 +88,7 @@ class Row:
     ood_distance: float | None = None
     unfamiliar: bool | None = None
     frame: int | None = None
+    precision: str | None = None
 
     @property
     def key(self) -> tuple[str, int | None, int | None]:
@@ -262,6 +265,13 @@ class ScanResult:
         return sum(c.ok and c.new for c in self.rows)
 
     @property
+    def rescored_this_run(self) -> int:
+        """Rows of this run that the fp32 safety net decided (a reduced precision only)."""
+        if self.model.precision == "fp32":
+            return 0
+        return sum(c.ok and c.new and c.precision == "fp32" for c in self.rows)
+
+    @property
     def images_per_second(self) -> float:
         return self.scored_this_run / self.seconds if self.seconds > 0 else 0.0
 
@@ -270,7 +280,8 @@ class ScanResult:
             "found": self.found, "scored": self.scored, "flagged": len(self.flagged),
             "failed": self.failed, "skipped": self.skipped, "not_scanned": self.not_scanned,
             "deferred": self.count("deferred"),
-            "scored_this_run": self.scored_this_run, "removed_since_last": self.removed_since_last,
+            "scored_this_run": self.scored_this_run, "rescored_fp32": self.rescored_this_run,
+            "removed_since_last": self.removed_since_last,
             "unfamiliar": sum(bool(row.unfamiliar) for row in self.rows),
             "cases": len(self.cases), "cases_flagged": len(self.flagged_cases),
             "cases_unfamiliar": len(self.unfamiliar_cases),

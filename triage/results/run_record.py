@@ -2,7 +2,8 @@
 
 Written last, so its presence says the run's other outputs are complete.
 Every record has the same keys: ``schema_version``, ``command``, ``versions``,
-``model``, ``threshold``, ``precision``, ``device``, ``counts``, ``started_at``,
+``model``, ``threshold``, ``precision``, ``precision_auto``, ``margin`` (the fp32 safety
+net's logit margin of a reduced precision, else null), ``device``, ``counts``, ``started_at``,
 ``finished_at``, ``seconds``, ``outputs``; a command adds its own settings.
 """
 
@@ -29,6 +30,8 @@ def run_record(command: str, model: ModelSummary, *, threshold: float, versions:
                   "backbone_weights": model.backbone_weights, "image_size": model.image_size},
         "threshold": threshold,
         "precision": model.precision,
+        "precision_auto": model.auto_precision,
+        "margin": model.margin,
         "device": model.device,
         "counts": counts,
         "started_at": started_at,

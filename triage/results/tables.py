@@ -13,7 +13,7 @@ CSV_COLUMNS = (
     "path", "sha256", "status", "reason", "probability", "raw_probability", "flagged",
     "heatmap", "width", "height", "format", "model_id",
     "case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
-    "ood_distance", "unfamiliar", "frame",
+    "ood_distance", "unfamiliar", "frame", "precision",
 )
 CASE_CSV_COLUMNS = (
     "case_id", "kind", "study_uid", "study_date", "study_description", "accession_number", "patient_id",
@@ -49,7 +49,7 @@ def csv_text(result: ScanResult) -> str:
             _cell(row.heatmap), _cell(row.width), _cell(row.height), _cell(row.format),
             result.model.id, _cell(row.case_id), _cell(row.study_uid), _cell(row.series_uid),
             _cell(row.slice_index), _cell(row.copy_of), _cell(row.heatmap_note),
-            _cell(row.ood_distance), _cell(row.unfamiliar), _cell(row.frame),
+            _cell(row.ood_distance), _cell(row.unfamiliar), _cell(row.frame), _cell(row.precision),
         ])
     return buffer.getvalue()
 

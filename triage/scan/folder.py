@@ -37,7 +37,7 @@ class ScanOptions:
     batch_size: int = settings.SCAN_BATCH_SIZE
     cam_layer: str = CAM_LAYER
     device: str = settings.DEVICES[0]  # auto | cpu | gpu
-    precision: str = settings.PRECISIONS[0]  # auto | fp32 | bf16 | fp16, see network.choose_precision
+    precision: str = settings.PRECISIONS[0]  # auto | fp32 | bf16 | fp16 | int8, see network.choose_precision
     group_by: str = settings.GROUP_BY[0]  # auto: a series or volume is a case; file: every file, frame
     aggregate: str = settings.AGGREGATES[0]  # a case's score: max, or topk (mean of its top_k highest)
     top_k: int = settings.TOP_K  # slices in a topk score, and slices of a flagged case that get heat maps

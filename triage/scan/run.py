@@ -233,10 +233,12 @@ def _load(folder: Path, options: ScanOptions, ray: Any) -> InferenceModel:
     if ray is None:
         return load_for_inference(folder, options.device, options.cam_layer, options.precision,
                                   options.familiarity)
-    device, precision = ray.resolve(options.device, options.precision)
     loaded = load_for_inference(folder, "cpu", options.cam_layer, "fp32", options.familiarity)
-    return dataclasses.replace(loaded, summary=dataclasses.replace(loaded.summary, device=device,
-                                                                   precision=precision))
+    device, precision = ray.resolve(options.device, options.precision, loaded.card)
+    fast_path = loaded.card.fast_path(precision)
+    return dataclasses.replace(loaded, summary=dataclasses.replace(
+        loaded.summary, device=device, precision=precision, auto_precision=options.precision == "auto",
+        margin=fast_path.margin if fast_path else None))
 
 
 def _output_failure(error: OSError) -> str:

@@ -13,12 +13,7 @@ Heat maps are computed for a batch of slices per Grad-CAM call (:class:`CamQueue
 
 from __future__ import annotations
 
-import os
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,63 +21,35 @@ import numpy as np
 from triage.engine.gradcam import NOT_FINITE, usable
 from triage.engine.heatmaps import HeatmapWriter
 from triage.engine.inference import InferenceModel
-from triage.engine.predictor import Decoded, Outcome, ScanImage, Stop, decode_image, decode_pixels, predict
+from triage.engine.predictor import Outcome, ScanImage, Stop, predict
 from triage.engine.ray_data import RaySettings, model_spec, ray_predict
-from triage.hashing import sha256_file
-from triage.inputs.cases import Case, CaseWindows, Slice, case_score, decode_slice
+from triage.engine.safety import Scored, fast_run, rescored
+from triage.inputs.cases import Case, case_score, case_window
 from triage.inputs.discovery import FoundFile
 from triage.results.records import Row
+from triage.scan.jobs import Job, SliceDecoder, jobs_of
 from triage.scan.plan import NOT_IMAGES, Plan, RowKey, case_fields
 from triage.scan.verdicts import slice_rank
-
-FORMATS = {"series": "DICOM", "volume": "NIfTI"}
 
 
 @dataclass(frozen=True, eq=False)
 class Kept:
-    """A scored slice that may get a heat map: its row, display copy and activations."""
+    """A scored slice that may get a heat map: its row, display copy and activations, and its job (to
+    decode its display copy again where the Ray engine sent none)."""
 
     row: Row
     image: ScanImage
     activation: np.ndarray
-
-
-class FileDigests:
-    """The sha256 of files read slice by slice: each hashed once, however many of its slices decode."""
-
-    def __init__(self, keep: int = 64) -> None:
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._digests: OrderedDict[Path, Future[str]] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, int]:
-        return {"keep": self.keep}  # a copy sent to another process starts empty
-
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["keep"])  # type: ignore[misc]
-
-    def get(self, path: Path) -> str:
-        with self._lock:
-            future = self._digests.get(path)
-            mine = future is None
-            if future is None:
-                future = self._digests[path] = Future()
-                while len(self._digests) > self.keep:
-                    self._digests.popitem(last=False)
-        if mine:
-            try:
-                future.set_result(sha256_file(path))
-            except Exception as err:
-                future.set_exception(err)
-        return future.result()
+    job: Job | None = None
 
 
 class CamQueue:
     """Slices waiting for heat maps; ``size`` of them at a time go through one Grad-CAM call."""
 
     def __init__(self, model: InferenceModel, writer: HeatmapWriter, rows: dict[RowKey, Row],
-                 size: int) -> None:
+                 size: int, redisplay: Callable[[Job], np.ndarray]) -> None:
         self.model, self.writer, self.rows, self.size = model, writer, rows, size
+        self.redisplay = redisplay
         self.pending: list[Kept] = []
 
     def add(self, kept: Kept) -> None:
@@ -92,9 +59,14 @@ class CamQueue:
 
     def show(self, kept: Kept) -> None:
         """The slice's display copy alone, for a report card without a heat map."""
-        part = "" if kept.row.slice_index is None else f"-{kept.row.slice_index}"
-        original = self.writer.submit_image(kept.image.sha256, kept.image.display, part)
+        original = self.writer.submit_image(kept.image.sha256, self._display(kept), _image_part(kept.row))
         self.rows[kept.row.key] = replace(self.rows[kept.row.key], original=original)
+
+    def _display(self, kept: Kept) -> np.ndarray:
+        """The slice's display copy; decoded again where the Ray engine sent none."""
+        if kept.image.display is None and kept.job is not None:
+            return self.redisplay(kept.job)
+        return kept.image.display
 
     def flush(self) -> None:
         """Heat maps for the pending slices; a map that is not finite leaves its row without one, noted."""
@@ -106,8 +78,8 @@ class CamQueue:
         for kept, cam in zip(self.pending, maps):
             key = kept.row.key
             if usable(cam):
-                part = _image_part(kept.row)
-                heatmap, original = self.writer.submit(kept.image.sha256, kept.image.display, cam, part)
+                heatmap, original = self.writer.submit(kept.image.sha256, self._display(kept), cam,
+                                                       _image_part(kept.row))
                 self.rows[key] = replace(self.rows[key], heatmap=heatmap, original=original)
             else:
                 self.rows[key] = replace(self.rows[key], heatmap_note=NOT_FINITE)
@@ -129,11 +101,11 @@ class InFlight:
         """Most of its checked slices are unfamiliar (as :func:`triage.scan.verdicts.case_verdict`)."""
         return 2 * sum(self.familiarity) > len(self.familiarity) > 0
 
-    def offer(self, row: Row, image: ScanImage, activation: np.ndarray) -> None:
+    def offer(self, row: Row, image: ScanImage, activation: np.ndarray, job: Job) -> None:
         """Keep the slice if it is among the ``top_k`` highest so far (a copy of its activations)."""
         if len(self.top) == self.top_k and slice_rank(row) >= slice_rank(self.top[-1].row):
             return
-        self.top.append(Kept(row, image, np.array(activation)))
+        self.top.append(Kept(row, image, np.array(activation), job))
         self.top.sort(key=lambda kept: slice_rank(kept.row))
         del self.top[self.top_k:]
 
@@ -142,27 +114,6 @@ def _image_part(row: Row) -> str:
     """What tells apart the heat maps of one file's images: the frame, else the slice."""
     part = row.frame if row.frame is not None else row.slice_index
     return "" if part is None else f"-{part}"
-
-
-class SliceDecoder:
-    """Decodes a slice for the model: a loose image as ever (file hash, display copy), a slice with
-    its case's window (measured once per case). Picklable, so the Ray engine's decode tasks run the
-    very same code; it travels once, with the cases, and each slice names its case."""
-
-    def __init__(self, cases: dict[str, Case], image_size: int, display: bool = True) -> None:
-        self.cases = cases
-        self.image_size = image_size
-        self.display = display  # keep display copies (for heat maps)
-        self.digests = FileDigests()
-        self.windows = CaseWindows()
-
-    def __call__(self, slice_: Slice) -> Decoded:
-        case = self.cases[slice_.case_id]
-        if case.kind == "image":
-            return decode_image(slice_.path, self.image_size, self.display)
-        digest = self.digests.get(slice_.path)
-        return decode_pixels(lambda: decode_slice(slice_, case, self.windows), _slice_cost(slice_), digest,
-                             FORMATS[case.kind], self.image_size, self.display)
 
 
 class CaseScorer:
@@ -187,21 +138,20 @@ class CaseScorer:
         self.model, self.explain, self.threshold = model, explain, threshold
         self.aggregate, self.top_k = aggregate, top_k
         self.cases, self.files, self.rows = cases, files, rows
-        self.cams = CamQueue(model, writer, rows, batch_size) if writer is not None else None
-        self.decode = SliceDecoder(cases, model.image_size, display=writer is not None)
+        self.decode = SliceDecoder(model.image_size, display=writer is not None, cases=cases)
+        self.cams = (CamQueue(model, writer, rows, batch_size, self.decode.display_copy)
+                     if writer is not None else None)
         self.in_flight: dict[str, InFlight] = {}
+        self._run = fast_run(model, threshold, keep_activations=self.cams is not None)
 
-    def run(self, batch: np.ndarray, n: int) -> list[tuple[float, np.ndarray | None, float | None]]:
-        """Each row's raw network output, its activations when heat maps may be made, its ``ood_distance``."""
-        activations, probabilities, distances = self.model.score(batch)
-        kept = np.asarray(activations) if self.cams is not None else None
-        far = [None] * n if distances is None else [float(d) for d in distances[:n]]
-        return [(float(p), None if kept is None else kept[i], far[i])
-                for i, p in enumerate(probabilities[:n])]
+    def run(self, batch: np.ndarray, n: int) -> list[Scored]:
+        """Each row's probability and, when heat maps may be made, its activations; rows near the
+        threshold marked for the fp32 safety net."""
+        return self._run(batch, n)
 
-    def take(self, outcome: Outcome[Slice]) -> None:
+    def take(self, outcome: Outcome[Job]) -> None:
         """Record a slice's row; finish its case when it was the last."""
-        case = self.cases[outcome.item.case_id]
+        case = self.cases[outcome.item.slice.case_id]
         row = self._row(outcome, case)
         self.rows[row.key] = row
         flight = self.in_flight.setdefault(case.case_id, InFlight(len(case.slices), self.top_k))
@@ -211,11 +161,11 @@ class CaseScorer:
             if row.unfamiliar is not None:
                 flight.familiarity.append(row.unfamiliar)
             if self.cams is not None:
-                image, activation = outcome.extra, outcome.output[1]
+                image, activation = outcome.extra, outcome.output.activation
                 if self.explain == "all":
-                    self.cams.add(Kept(row, image, np.array(activation)))
+                    self.cams.add(Kept(row, image, np.array(activation), outcome.item))
                 else:
-                    flight.offer(row, image, activation)
+                    flight.offer(row, image, activation, outcome.item)
         if flight.remaining == 0:
             self._finish(case.case_id)
 
@@ -236,29 +186,25 @@ class CaseScorer:
         elif flight.unfamiliar and flight.top:
             self.cams.show(flight.top[0])  # shown as it is: a heat map explains a score not trusted
 
-    def _row(self, outcome: Outcome[Slice], case: Case) -> Row:
-        slice_ = outcome.item
-        item = self.files[slice_.relpath]
-        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(case, slice_))
+    def _row(self, outcome: Outcome[Job], case: Case) -> Row:
+        job = outcome.item
+        item = self.files[job.slice.relpath]
+        fields = dict(size=item.size, mtime_ns=item.mtime_ns, **case_fields(case, job.slice))
         failure = outcome.failure
         if failure is not None:
             if case.kind == "image" and failure.status in NOT_IMAGES:
                 fields["case_id"] = None  # no image at all: no case
             return Row(item.relpath, failure.status, sha256=failure.sha256, reason=failure.reason,
                               **fields)
-        raw, _, distance = outcome.output  # the network's output, from either engine
-        probability = float(self.model.calibrate(raw))
+        scored: Scored = outcome.output  # from either engine: the network's output, of the pass that decided
+        probability = float(self.model.calibrate(scored.probability))
         image: ScanImage = outcome.extra
-        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability, raw_probability=raw,
-                   flagged=probability >= self.threshold, width=image.width, height=image.height,
-                   format=image.format, ood_distance=distance,
-                   unfamiliar=None if distance is None else distance > 1.0, **fields)
-
-
-def _slice_cost(slice_: Slice) -> int:
-    """Bytes decoding a slice may hold, from its header (a volume's slice: the whole volume's);
-    four times its file's size when the header said nothing."""
-    return slice_.cost or 4 * os.stat(slice_.path).st_size
+        distance = scored.ood_distance
+        return Row(item.relpath, "ok", sha256=image.sha256, probability=probability,
+                   raw_probability=scored.probability, flagged=probability >= self.threshold,
+                   width=image.width, height=image.height, format=image.format, ood_distance=distance,
+                   unfamiliar=None if distance is None else distance > 1.0, precision=scored.precision,
+                   **fields)
 
 
 def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
@@ -268,13 +214,20 @@ def score_cases(plan: Plan, scorer: CaseScorer, *, batch_size: int, stop: Stop,
     Locally through :func:`triage.engine.predictor.predict`, or on Ray Data (``ray``) through
     :func:`triage.engine.ray_data.ray_predict`: the same jobs, decoder and outcomes.
     """
-    jobs: Sequence[Slice] = [slice_ for case in plan.to_score for slice_ in case.slices]
+    # On Ray the driver measures each windowless case's window once and sends it with the jobs;
+    # locally the decoder measures it once per case, when its first slice decodes.
+    measure = ray is not None
+    jobs: Sequence[Job] = [job for case in plan.to_score for job in jobs_of(
+        case, case_window(case) if measure and case.kind != "image" and case.window is None else None)]
     if ray is None:
-        outcomes = predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
-                           progress=progress)
+        outcomes = rescored(predict(jobs, scorer.decode, scorer.run, batch_size=batch_size, stop=stop,
+                                    progress=progress), scorer.model, batch_size)
     else:
-        outcomes = ray_predict(jobs, scorer.decode, model_spec(scorer.model),
-                               batch_size=batch_size, settings=ray, stop=stop, progress=progress)
+        # The decode tasks send no display copies (0.4 MB each, most for rows that get no card):
+        # the driver decodes again the few slices whose heat maps it writes.
+        spec = model_spec(scorer.model, scorer.threshold, scorer.explain)
+        outcomes = ray_predict(jobs, scorer.decode.without_display(), spec, batch_size=batch_size,
+                               settings=ray, stop=stop, progress=progress)
     for outcome in outcomes:
         scorer.take(outcome)
     scorer.close()

@@ -35,16 +35,18 @@ def scan_settings(model: InferenceModel, options: ScanOptions, input_dir: Path,
     Besides the model (its network and its calibration map: a new map is a new
     model) and the options that decide a row, the batch size, the device (the
     last float bits of a probability depend on both), the precision
-    the forward pass ran in (bf16 rows are not fp32 rows) and the versions of
-    the libraries that decode and score, and the decoder's own version: a
-    carried-over row must equal the one a fresh scan would give.
+    the forward pass ran in (bf16 rows are not fp32 rows) and its safety net's
+    margin (which rows fp32 decides), the versions of the libraries that decode
+    and score, and the decoder's own version: a carried-over row must equal the
+    one a fresh scan would give.
     """
     versions = library_versions()
     return {"model_sha256": model.summary.sha256, "calibration_sha256": model.summary.calibration_sha256,
             "threshold": threshold, "explain": options.explain,
             "cam_layer": options.cam_layer, "input_dir": str(input_dir.resolve()),
             "batch_size": options.batch_size, "device": model.summary.device,
-            "precision": model.summary.precision, "group_by": options.group_by,
+            "precision": model.summary.precision, "margin": model.summary.margin,
+            "group_by": options.group_by,
             "familiarity": model.card.familiarity.sha256 if model.familiarity is not None else None,
             "aggregate": options.aggregate, "top_k": options.top_k, "modalities": list(options.modalities),
             "decoder": DECODER_VERSION, "versions": {name: versions.get(name) for name in _SCORING_LIBRARIES}}
@@ -57,12 +59,14 @@ _ROW_TYPES: dict[str, type] = {
     "heatmap": str, "original": str, "width": int, "height": int, "format": str, "size": int,
     "mtime_ns": int, "new": bool, "case_id": str, "study_uid": str, "series_uid": str, "slice_index": int,
     "copy_of": str, "heatmap_note": str, "ood_distance": float, "unfamiliar": bool, "frame": int,
+    "precision": str,
 }
 _ROW_NAMES = frozenset(f.name for f in dataclasses.fields(Row))
 _ROW_REQUIRED = ("path", "status", "reason", "flagged", "new")
 # Fields a row of an older state may lack (it then never matches this run's settings anyway).
 _ROW_OPTIONAL = frozenset({"case_id", "study_uid", "series_uid", "slice_index", "copy_of", "heatmap_note",
-                           "ood_distance", "unfamiliar", "raw_probability", "frame"})
+                           "ood_distance", "unfamiliar", "raw_probability", "frame",
+                           "precision"})
 
 
 def _check_row(row: Any, heatmap_folder: str) -> Row:
