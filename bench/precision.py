@@ -19,6 +19,12 @@ weights, logit layer rescaled on the first 64 images of the shared set so that i
 have median 0 and std 2, so probabilities spread over (0, 1) and about half are flagged).
 Its card names every fifth image of the shared set as its validation part, and ``triage
 precisions`` measures each precision's margin there (int8 calibrated on the other images).
+It is a harsh case for the net: its random features tell the images apart by little, and
+its logit layer is scaled up to spread them, which scales every rounding error with them.
+``--model trained`` instead takes the model ``triage train`` makes of the shared set (random
+VGG19 backbone, as no ImageNet weights can be had here; 30 epochs), its margins measured by
+``triage precisions`` on its own validation part, and scans at its card's threshold: a
+head fitted as triage fits it, whose logits move little under rounding.
 --write-reference also writes ``bench/gpu_reference.json`` for ``bench/gpu_check.sh``.
 
 Targets (image size 256): bf16/fp32 >= 1.8 where bf16 is native; int8/fp32 >= 2.5 on a CPU
@@ -65,6 +71,16 @@ def parity_model(data: Path, image_size: int, batch_size: int) -> tuple[Path, di
                                    threshold=THRESHOLD), folder)
     return folder, {"logit_kernel": logit[0].ravel().tolist(), "logit_bias": logit[1].tolist(),
                     "weights_sha256": R.weights_sha256(model)}
+
+
+def trained_model(data: Path, image_size: int) -> Path:
+    """The model ``triage train`` makes of the shared set, random backbone (see ``--model``)."""
+    from triage.train.training import TrainConfig, train_model
+
+    folder = C.scratch("model") / "trained"
+    train_model(data, folder, TrainConfig(epochs=30, image_size=image_size, backbone_weights="random",
+                                          cache=False))
+    return folder
 
 
 def without_net(folder: Path) -> Path:
@@ -126,14 +142,15 @@ def run_process(args: list[str]) -> float:
     return run.seconds
 
 
-def scan(folder: Path, model: Path, precision: str, batch_size: int) -> tuple[float, dict[str, dict]]:
+def scan(folder: Path, model: Path, precision: str, batch_size: int,
+         threshold: float = THRESHOLD) -> tuple[float, dict[str, dict]]:
     """Seconds of a whole scan process, and its rows by path."""
     from triage.results.tables import read_csv
 
     out = C.scratch("report")
     seconds = run_process(["scan", str(folder), "--out", str(out / "report.html"), "--model", str(model),
                            "--precision", precision, "--device", "cpu", "--full",
-                           "--threshold", str(THRESHOLD), "--batch-size", str(batch_size)])
+                           "--threshold", str(threshold), "--batch-size", str(batch_size)])
     rows = {row["path"]: row for row in read_csv(out / "report.csv") if row["status"] == "ok"}
     shutil.rmtree(out, ignore_errors=True)
     return seconds, rows
@@ -161,16 +178,18 @@ def throughput(configs: list[tuple[str, str, Path]], data: Path, args: argparse.
     for repeat in range(args.repeats):
         for size in ("small", "large"):
             for label, precision, model in configs:
-                seconds = scan(folders[size], model, precision, args.batch_size)[0]
+                seconds = scan(folders[size], model, precision, args.batch_size, args.threshold)[0]
                 times.setdefault((label, size), []).append(seconds)
                 print(f"  repeat {repeat + 1}: {size} ({sizes[size]}) {label} {C.fmt_s(seconds)}",
                       file=sys.stderr, flush=True)
     return {key: C.median(values) for key, values in times.items()}
 
 
-def decisions(configs: list[tuple[str, str, Path]], data: Path, batch_size: int) -> dict[str, dict]:
+def decisions(configs: list[tuple[str, str, Path]], data: Path, batch_size: int,
+              threshold: float) -> dict[str, dict]:
     """Every image of the shared set in each configuration: differences from fp32's flags, re-scored."""
-    rows = {label: scan(data, model, precision, batch_size)[1] for label, precision, model in configs}
+    rows = {label: scan(data, model, precision, batch_size, threshold)[1]
+            for label, precision, model in configs}
     exact = rows["fp32"]
     found = {}
     for label, precision, _ in configs:
@@ -236,6 +255,8 @@ def main() -> int:
     p.add_argument("--skip-throughput", action="store_true", help="decisions only")
     p.add_argument("--forward-only", action="store_true",
                    help="only the forward pass's images/s per precision, in this process (quick)")
+    p.add_argument("--model", choices=("parity", "trained"), default="parity",
+                   help="the parity model at threshold 0.5, or triage train's model at its own threshold")
     C.add_repeats(p, default=1)
     args = p.parse_args()
     data = C.check_data(args.data)
@@ -250,15 +271,21 @@ def main() -> int:
         print(C.table([[p, f"{rate:.2f}", f"{rate / rates['fp32']:.2f}x"] for p, rate in rates.items()],
                       ["forward pass alone", "images/s", "vs fp32"]))
         return 0
-    print("# building and calibrating the parity model ...", file=sys.stderr, flush=True)
-    folder, facts = parity_model(data, args.image_size, args.batch_size)
-    if args.write_reference:
-        write_reference(folder, facts, args.image_size, args.batch_size, args.write_reference)
+    print(f"# building and measuring the {args.model} model ...", file=sys.stderr, flush=True)
+    if args.model == "parity":
+        folder, facts = parity_model(data, args.image_size, args.batch_size)
+        if args.write_reference:
+            write_reference(folder, facts, args.image_size, args.batch_size, args.write_reference)
+    else:
+        folder = trained_model(data, args.image_size)
     run_process(["precisions", str(data), "--model", str(folder), "--device", "cpu",
                  "--batch-size", str(args.batch_size)])
     card = read_card(folder)
+    args.threshold = card.threshold if args.model == "trained" else THRESHOLD
+    said = {name: card.metric(name) for name in ("roc_auc", "sensitivity", "specificity")}
+    print(f"# {args.model} model, threshold {args.threshold:.4f}; validation (value, 95% CI, n): {said}")
     configs = configurations(runs_here(card), folder, without_net(folder))
-    found = decisions(configs, data, args.batch_size)
+    found = decisions(configs, data, args.batch_size, args.threshold)
     times = throughput(configs, data, args) if not args.skip_throughput else {}
     report(card, configs, found, times, args)
     shutil.rmtree(folder, ignore_errors=True)
