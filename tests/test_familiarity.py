@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from triage.model.familiarity import STATISTICS, Familiarity
+from triage.model.familiarity import STATISTICS, Familiarity, image_statistics
 from triage.results.tables import read_csv
 from triage.testing import blob_image
 
@@ -48,6 +48,24 @@ def test_a_copy_does_not_vouch_for_its_twin() -> None:
     assert grouped.feature_threshold == pytest.approx(alone.feature_threshold, rel=0.01)
     assert len(grouped.entries) == 120
     assert ungrouped.feature_threshold < 1e-3  # each image's nearest is its own copy
+
+
+def test_image_statistics_equal_their_plain_formulas() -> None:
+    """Indexes store these statistics of the training images: a faster formulation must give the
+    same values, or older indexes would judge new scans by other numbers."""
+    rng = np.random.default_rng(5)
+    colour = rng.uniform(0, 255, (3, 40, 40, 3)).astype(np.float32)
+    gray = np.repeat(rng.uniform(0, 255, (2, 40, 40, 1)), 3, axis=3).astype(np.float32)
+    for images in (colour, gray):
+        pixels = images / 255.0
+        plain = pixels.mean(axis=3)
+        found = image_statistics(images)
+        spread = pixels.max(axis=3) - pixels.min(axis=3)
+        np.testing.assert_array_equal(found[:, 0], spread.mean(axis=(1, 2)))
+        np.testing.assert_array_equal(found[:, 1], plain.mean(axis=(1, 2)))
+        np.testing.assert_array_equal(found[:, 2], plain.std(axis=(1, 2)))
+        np.testing.assert_array_equal(found[:, 3], (plain < 0.06).mean(axis=(1, 2)).astype(np.float32))
+    assert found[:, 0].max() == 0 and image_statistics(colour)[:, 0].min() > 0.3  # gray has no colour
 
 
 def test_the_index_round_trips_and_a_damaged_one_is_refused(tmp_path: Path) -> None:

@@ -43,13 +43,17 @@ _HISTOGRAM_BINS = 32
 def image_statistics(images: np.ndarray) -> np.ndarray:
     """(N, S, S, 3) model inputs in 0..255 -> (N, len(STATISTICS)) in about 0..1."""
     pixels = np.asarray(images, dtype=np.float32) / 255.0
-    gray = pixels.mean(axis=3)
+    # Channel by channel rather than numpy's reductions over the last axis of 3, which take
+    # most of this function's time; the values are the same, bit for bit.
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    gray = (red + green + blue) / np.float32(3)
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
     n, ring = len(gray), max(1, gray.shape[1] // 8)
     sides = (gray[:, :ring], gray[:, -ring:], gray[:, :, :ring], gray[:, :, -ring:])
     border = np.concatenate([side.reshape(n, -1) for side in sides], axis=1)
     edges = np.abs(np.diff(gray, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(gray, axis=2)).mean(axis=(1, 2))
     return np.stack([
-        (pixels.max(axis=3) - pixels.min(axis=3)).mean(axis=(1, 2)),
+        spread.mean(axis=(1, 2)),
         gray.mean(axis=(1, 2)),
         gray.std(axis=(1, 2)),
         (gray < 0.06).mean(axis=(1, 2)),
