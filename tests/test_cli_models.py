@@ -59,6 +59,15 @@ def test_model_lookup(tmp_path: Path, models_dir: Path, monkeypatch: pytest.Monk
     assert Path(run["model"]["path"]) == (models_dir / expected).resolve()
 
 
+def _command_args(command: str, tmp_path: Path, out: Path) -> list[str]:
+    """``scan`` of a folder of images, or ``evaluate`` of a labelled one, writing to ``out``."""
+    if command == "scan":
+        return ["scan", str(scan_folder(tmp_path / "in")), "--out", str(out / "r.pdf")]
+    scan_folder(tmp_path / "data" / "yes")
+    scan_folder(tmp_path / "data" / "no")
+    return ["evaluate", str(tmp_path / "data"), "--out", str(out)]
+
+
 @pytest.mark.parametrize("command", ["scan", "evaluate"])
 def test_card_image_size_disagreeing_with_the_model(tmp_path: Path, trained_model: Path,
                                                     command: str) -> None:
@@ -66,13 +75,7 @@ def test_card_image_size_disagreeing_with_the_model(tmp_path: Path, trained_mode
     wrong = card["image_size"] * 2
     model = copy_model(trained_model, tmp_path / "model", image_size=wrong)
     out = tmp_path / "out"
-    if command == "scan":
-        args = ["scan", str(scan_folder(tmp_path / "in")), "--out", str(out / "r.pdf")]
-    else:
-        scan_folder(tmp_path / "data" / "yes")
-        scan_folder(tmp_path / "data" / "no")
-        args = ["evaluate", str(tmp_path / "data"), "--out", str(out)]
-    result = CliRunner().invoke(main, args + ["--model", str(model)])
+    result = CliRunner().invoke(main, _command_args(command, tmp_path, out) + ["--model", str(model)])
     assert result.exit_code == EXIT_MODEL, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and str(wrong) in lines[0], result.output
@@ -90,13 +93,7 @@ def test_a_card_with_an_impossible_value_is_refused_in_one_sentence(
         tmp_path: Path, trained_model: Path, command: str, field: str, value: object) -> None:
     model = copy_model(trained_model, tmp_path / "model", **{field: value})
     out = tmp_path / "out"
-    if command == "scan":
-        args = ["scan", str(scan_folder(tmp_path / "in")), "--out", str(out / "r.pdf")]
-    else:
-        scan_folder(tmp_path / "data" / "yes")
-        scan_folder(tmp_path / "data" / "no")
-        args = ["evaluate", str(tmp_path / "data"), "--out", str(out)]
-    result = CliRunner().invoke(main, args + ["--model", str(model)])
+    result = CliRunner().invoke(main, _command_args(command, tmp_path, out) + ["--model", str(model)])
     assert result.exit_code == EXIT_MODEL, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and field.replace("_", " ") in lines[0], result.output
